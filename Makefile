@@ -1,0 +1,28 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then run the main job on the small default model
+#   make test   set up, then run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# real models and text for tests and demos (beside the project in CI)
+export AUTOPRUNE_DATA_DIR ?= $(abspath ../shared/data)
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: setup demo test
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# no GPU: the CPU build of torch (an unpinned torch would pull a multi-GB CUDA build)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(VENV)/bin/pip install -q torch==2.13.0; fi
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/autoprune prune --model stories260K --method wanda --sparsity 0.5 \
+		--calib tinystories:0-499 --calib-windows 64 --seqlen 256 \
+		--eval tinystories:500-999 --out runs/demo-wanda-50
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

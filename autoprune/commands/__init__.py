@@ -1,0 +1,23 @@
+"""One module per command: an argparse parser and a thin adapter to one library call."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def quiet_libraries() -> None:
+    """Keep third-party progress bars and advice out of the command's own output."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id, model folder, llama2.c .bin, or alias (stories260K)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16 (default: auto)")
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default: 2048)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")

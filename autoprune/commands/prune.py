@@ -1,0 +1,56 @@
+"""``autoprune prune``: apply a pruning policy and save the pruned model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from autoprune.commands import add_model_args, quiet_libraries
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("prune", help="prune a model with a method or a policy file and save it",
+                       description="Prune a model and write a folder that transformers loads with from_pretrained.")
+    add_model_args(p)
+    p.add_argument("--method", default="wanda", help="magnitude, wanda, ria or sparsegpt (default: wanda)")
+    p.add_argument("--policy", type=Path, help="a policy JSON file (overrides --method/--sparsity/--pattern/--allocation)")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of weights to remove, in [0, 1)")
+    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M")
+    p.add_argument("--allocation", default="uniform", help="uniform or owl")
+    p.add_argument("--calib", default="c4", help="calibration data: file or named set, optional :START-END")
+    p.add_argument("--calib-windows", type=int, default=128, help="calibration windows (default: 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval", help="also report dense and pruned perplexity on this data")
+    p.add_argument("--eval-windows", type=int, help="evaluate on the first N windows only")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from rich.console import Console
+    from rich.table import Table
+
+    from autoprune.jobs.prune import PruneConfig, prune
+
+    cfg = PruneConfig(model=args.model, out=args.out, method=args.method, sparsity=args.sparsity,
+                      pattern=args.pattern, allocation=args.allocation, policy=args.policy,
+                      calib=args.calib, calib_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed,
+                      batch_size=args.batch_size, eval=args.eval, eval_windows=args.eval_windows,
+                      device=args.device, dtype=args.dtype)
+    res = prune(cfg)
+    table = Table(title=f"autoprune prune: {cfg.model}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    table.add_row("metric", res.policy.metric)
+    table.add_row("pattern / allocation", f"{res.policy.pattern} / {res.policy.allocation}")
+    table.add_row("update", res.policy.update)
+    table.add_row("target sparsity", f"{res.policy.sparsity:.4f}")
+    table.add_row("achieved sparsity", f"{res.report.sparsity:.4f}")
+    table.add_row("calibration", f"{cfg.calib_windows} x {cfg.seqlen} tokens of {cfg.calib}")
+    table.add_row("pruning seconds", f"{res.report.seconds:.1f}")
+    if res.perplexity is not None:
+        table.add_row(f"perplexity on {cfg.eval} (dense -> pruned)", f"{res.dense_perplexity:.3f} -> {res.perplexity:.3f}")
+    table.add_row("saved to", str(res.out))
+    Console().print(table)
+    return 0

@@ -1,0 +1,36 @@
+"""KL(dense || pruned) of the next-token distributions, averaged over tokens.
+
+The dense model's log-probabilities are computed once (``DenseReference``) and reused for every
+candidate, so a candidate costs one forward pass of the pruned model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DenseReference:
+    """Dense log-probabilities on fixed windows, kept on the model's device in ``dtype``."""
+
+    def __init__(self, model: nn.Module, windows: Tensor, batch_size: int = 8, dtype: torch.dtype = torch.float32):
+        self.windows = windows
+        self.batch_size = batch_size
+        dev = next(model.parameters()).device
+        with torch.no_grad():
+            self.logprobs = [F.log_softmax(model(b.to(dev), use_cache=False).logits.float(), dim=-1).to(dtype)
+                             for b in windows.split(batch_size)]
+
+
+@torch.no_grad()
+def kl_to_dense(model: nn.Module, reference: DenseReference) -> float:
+    """Mean over tokens of sum_v p_dense(v) (log p_dense(v) - log p_model(v))."""
+    dev = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for batch, ref in zip(reference.windows.split(reference.batch_size), reference.logprobs):
+        logq = F.log_softmax(model(batch.to(dev), use_cache=False).logits.float(), dim=-1)
+        logp = ref.float()
+        total += (logp.exp() * (logp - logq)).sum().item()
+        tokens += batch.numel()
+    return total / tokens

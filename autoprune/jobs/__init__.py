@@ -1,0 +1,1 @@
+"""End-to-end jobs behind the commands: each takes one config dataclass and returns a result."""

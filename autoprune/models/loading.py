@@ -1,0 +1,151 @@
+"""Resolve a model name (alias, folder, llama2.c checkpoint or hub id) and load it.
+
+Resolution order for a name:
+1. an existing folder: ``from_pretrained`` on it;
+2. an existing ``.bin`` file: a llama2.c checkpoint, converted once into the cache;
+3. a known alias (``stories260K``): the checkpoint under ``$AUTOPRUNE_DATA_DIR/models``,
+   then the converted copy in the cache, then the Hub;
+4. anything else: a Hugging Face hub id (a short alias such as ``llama-7b`` first maps to one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autoprune.errors import UserError
+from autoprune.models import llama2c
+
+# llama2.c checkpoints: alias -> (hub repo, checkpoint file, tokenizer file)
+LLAMA2C_ALIASES: dict[str, tuple[str, str, str]] = {
+    "stories260K": ("karpathy/tinyllamas", "stories260K/stories260K.bin", "stories260K/tok512.model"),
+}
+# short names for common hub models
+HUB_ALIASES: dict[str, str] = {
+    "llama-7b": "meta-llama/Llama-2-7b-hf",
+    "llama-13b": "meta-llama/Llama-2-13b-hf",
+    "llama3-8b": "meta-llama/Meta-Llama-3-8B",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
+    "opt-125m": "facebook/opt-125m",
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    path: Path | None  # local folder the model came from, when there is one
+
+
+def data_dir() -> Path | None:
+    d = os.environ.get("AUTOPRUNE_DATA_DIR")
+    return Path(d) if d else None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUTOPRUNE_CACHE", Path.home() / ".cache" / "autoprune"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but no CUDA GPU is available")
+    return dev
+
+
+def _converted(checkpoint: Path, tokenizer: Path) -> Path:
+    """The HF folder for a llama2.c checkpoint, converted once and cached by content hash."""
+    digest = hashlib.sha256(checkpoint.read_bytes() + tokenizer.read_bytes()).hexdigest()[:16]
+    out = cache_dir() / "llama2c" / f"{checkpoint.stem}-{digest}"
+    if not (out / "config.json").is_file():
+        llama2c.convert(checkpoint, tokenizer, out)
+    return out
+
+
+def _llama2c_tokenizer(checkpoint: Path) -> Path:
+    for cand in [checkpoint.with_suffix(".model"), checkpoint.parent / "tokenizer.model",
+                 *sorted(checkpoint.parent.glob("tok*.model"))]:
+        if cand.is_file():
+            return cand
+    raise UserError(f"{checkpoint}: no SentencePiece tokenizer (tokenizer.model or tok*.model) beside it")
+
+
+def _alias_folder(alias: str) -> Path:
+    repo, ckpt_file, tok_file = LLAMA2C_ALIASES[alias]
+    root = data_dir()
+    if root is not None:
+        ckpt = root / "models" / ckpt_file
+        tok = root / "models" / tok_file
+        if ckpt.is_file() and tok.is_file():
+            return _converted(ckpt, tok)
+    cached = sorted((cache_dir() / "llama2c").glob(f"{Path(ckpt_file).stem}-*/config.json"))
+    if cached:
+        return cached[0].parent
+    try:
+        from huggingface_hub import hf_hub_download
+
+        ckpt = Path(hf_hub_download(repo, ckpt_file))
+        tok = Path(hf_hub_download(repo, tok_file))
+    except Exception as e:  # offline, not found, no permission: all one message
+        raise UserError(f"model {alias!r}: not under $AUTOPRUNE_DATA_DIR/models, not cached, "
+                        f"and the Hub could not be reached ({type(e).__name__})") from None
+    return _converted(ckpt, tok)
+
+
+def resolve(name: str) -> Path | str:
+    """A local folder for ``name``, or the hub id to load."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{name}: folder has no config.json (not a Hugging Face model folder)")
+        return p
+    if p.is_file():
+        if p.suffix != ".bin":
+            raise UserError(f"{name}: a model is a folder, a llama2.c .bin checkpoint, an alias or a hub id")
+        return _converted(p, _llama2c_tokenizer(p))
+    if name in LLAMA2C_ALIASES:
+        return _alias_folder(name)
+    if name.endswith((".bin", ".safetensors", ".json")) or name.startswith((".", "/", "~")):
+        raise UserError(f"{name}: file not found")
+    hub_id = HUB_ALIASES.get(name, name)
+    if hub_id.count("/") != 1:
+        known = ", ".join(sorted([*LLAMA2C_ALIASES, *HUB_ALIASES]))
+        raise UserError(f"unknown model {name!r}: not a folder, a file, a known alias ({known}) or an owner/name hub id")
+    return hub_id
+
+
+def load_model(name: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer, in eval mode, on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = resolve(name)
+    dev = resolve_device(device)
+    if dtype == "auto":
+        torch_dtype = "auto" if dev.type == "cuda" else torch.float32
+    elif dtype in DTYPES:
+        torch_dtype = DTYPES[dtype]
+    else:
+        raise UserError(f"unknown dtype {dtype!r} (choose auto, {', '.join(DTYPES)})")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(target)
+    except OSError as e:
+        where = "folder" if isinstance(target, Path) else "hub id"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load {where} {name!r}: {first}") from None
+    model.to(dev).eval()
+    model.config.use_cache = False
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name,
+                       path=target if isinstance(target, Path) else None)

@@ -1,0 +1,208 @@
+"""Apply a policy to a model: one-shot (statistics from the dense model, computed once and
+reused for any number of policies) or sequential (block i calibrated on the outputs of the
+already pruned blocks before it, as Wanda and SparseGPT do).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from autoprune.models.layers import decoder_blocks, prunable_linears
+from autoprune.pruning.allocation import block_ratios
+from autoprune.pruning.masks import make_mask
+from autoprune.pruning.metrics import needs_gradients, resolve_metric
+from autoprune.pruning.policy import Policy
+from autoprune.pruning.sparsegpt import sparsegpt
+from autoprune.pruning.stats import LayerStats, StatsCollector
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics of the dense model on the calibration windows, keyed by full linear name."""
+
+    layers: dict[str, LayerStats]
+    grads: dict[str, Tensor] | None = None  # root-mean-square gradient, weight-shaped
+    windows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def X(self) -> dict[str, Tensor]:
+        return {name: st.X for name, st in self.layers.items()}
+
+
+@dataclass
+class PruneReport:
+    block_ratios: list[float]
+    layer_sparsity: dict[str, float]  # full linear name -> fraction of zero weights
+    layer_sizes: dict[str, int]  # full linear name -> number of weights
+    seconds: float
+
+    @property
+    def sparsity(self) -> float:
+        return global_sparsity_of(self.layer_sparsity, self.layer_sizes)
+
+
+def global_sparsity_of(layer_sparsity: dict[str, float], sizes: dict[str, int]) -> float:
+    total = sum(sizes.values())
+    return sum(layer_sparsity[n] * sizes[n] for n in layer_sparsity) / max(total, 1)
+
+
+def blocks_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
+    """For each decoder block, full linear name -> layer."""
+    path, blocks = decoder_blocks(model)
+    return [{f"{path}.{i}.{n}": lin for n, lin in prunable_linears(b).items()} for i, b in enumerate(blocks)]
+
+
+def model_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
+    """(global, per-layer) fraction of exactly-zero weights in the prunable linears."""
+    per_layer, sizes = {}, {}
+    for linears in blocks_linears(model):
+        for name, lin in linears.items():
+            per_layer[name] = (lin.weight == 0).float().mean().item()
+            sizes[name] = lin.weight.numel()
+    return global_sparsity_of(per_layer, sizes), per_layer
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Module, windows: Tensor, hessian: bool = False, gradients: bool = False,
+                  batch_size: int = 8, progress: bool = True) -> CalibrationStats:
+    """One-shot statistics of the dense model on ``windows`` (n, seqlen)."""
+    t0 = time.perf_counter()
+    linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
+    dev = _device(model)
+    with StatsCollector(linears, hessian=hessian) as col:
+        for batch in tqdm(windows.split(batch_size), desc="statistics", disable=not progress, leave=False):
+            model(batch.to(dev), use_cache=False)
+    grads = collect_gradients(model, windows, batch_size, progress) if gradients else None
+    return CalibrationStats(col.stats, grads, len(windows), time.perf_counter() - t0)
+
+
+def collect_gradients(model: nn.Module, windows: Tensor, batch_size: int = 8, progress: bool = True) -> dict[str, Tensor]:
+    """G = sqrt(mean over windows of (dL/dW)^2) for every prunable linear (L: mean token NLL)."""
+    linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
+    sq = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in linears.items()}
+    dev = _device(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for lin in linears.values():
+        lin.weight.requires_grad_(True)
+    try:
+        for window in tqdm(windows.split(1), desc="gradients", disable=not progress, leave=False):
+            window = window.to(dev)
+            model(window, labels=window, use_cache=False).loss.backward()
+            for n, lin in linears.items():
+                sq[n] += lin.weight.grad.float() ** 2
+                lin.weight.grad = None
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+    return {n: (s / len(windows)).sqrt().to(linears[n].weight.dtype) for n, s in sq.items()}
+
+
+def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G: Tensor | None) -> None:
+    """Prune one layer in place to ``ratio`` under ``policy`` with its statistics."""
+    if ratio <= 0:
+        return
+    W = lin.weight.data
+    nm = policy.nm
+    mask = None
+    if policy.metric != "sparsegpt":
+        metric = resolve_metric(policy.metric)
+        mask = make_mask(metric(W.float(), st.X.to(W.device), None if G is None else G.float()), ratio, nm)
+    if policy.update == "sparsegpt":
+        W.copy_(sparsegpt(W, st.H.to(W.device), ratio, nm, mask).to(W.dtype))
+    else:
+        W.mul_(mask)
+
+
+def _finish(model: nn.Module, ratios: list[float], t0: float) -> PruneReport:
+    _, per_layer = model_sparsity(model)
+    sizes = {n: lin.weight.numel() for bl in blocks_linears(model) for n, lin in bl.items()}
+    return PruneReport(ratios, per_layer, sizes, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats) -> PruneReport:
+    """One-shot: prune every layer with statistics from the dense model (fast, for proxies)."""
+    t0 = time.perf_counter()
+    bls = blocks_linears(model)
+    ratios = block_ratios(policy, bls, stats.X if policy.allocation == "owl" else None)
+    for ratio, linears in zip(ratios, bls):
+        for name, lin in linears.items():
+            prune_linear(lin, ratio, policy, stats.layers[name], stats.grads[name] if stats.grads else None)
+    return _finish(model, ratios, t0)
+
+
+class _Captured(Exception):
+    pass
+
+
+def _capture_block_inputs(model: nn.Module, block: nn.Module, windows: Tensor, batch_size: int) -> list[list]:
+    """[hidden, args, kwargs] of ``block`` for each batch: the model runs only up to the block."""
+    captured: list[list] = []
+
+    def hook(_mod, args, kwargs):
+        if args:
+            hidden, args = args[0], args[1:]
+        else:
+            hidden = kwargs.pop("hidden_states")
+        captured.append([hidden, args, kwargs])
+        raise _Captured
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    dev = _device(model)
+    try:
+        for batch in windows.split(batch_size):
+            try:
+                model(batch.to(dev), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _run_block(block: nn.Module, inputs: list[list]) -> None:
+    for item in inputs:
+        out = block(item[0], *item[1], **item[2])
+        item[0] = out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_size: int = 8,
+                     progress: bool = True) -> PruneReport:
+    """The full protocol: prune block by block, each calibrated on the pruned blocks' outputs.
+
+    Allocation (OWL) and gradient statistics come from the dense model, as in OWL and GBLM.
+    """
+    t0 = time.perf_counter()
+    _, blocks = decoder_blocks(model)
+    bls = blocks_linears(model)
+    grads = None
+    if needs_gradients(policy.metric):
+        with torch.enable_grad():
+            grads = collect_gradients(model, windows, batch_size, progress)
+    X = None
+    if policy.allocation == "owl":
+        X = collect_stats(model, windows, batch_size=batch_size, progress=progress).X
+    ratios = block_ratios(policy, bls, X)
+    inputs = _capture_block_inputs(model, blocks[0], windows, batch_size)
+    hessian = policy.update == "sparsegpt"
+    for i in tqdm(range(len(blocks)), desc="pruning blocks", disable=not progress, leave=False):
+        with StatsCollector(bls[i], hessian=hessian) as col:
+            _run_block(blocks[i], [list(x) for x in inputs])  # statistics only; outputs discarded
+        for name, lin in bls[i].items():
+            prune_linear(lin, ratios[i], policy, col.stats[name], grads[name] if grads else None)
+        del col
+        _run_block(blocks[i], inputs)  # the pruned block's outputs feed the next block
+    return _finish(model, ratios, t0)

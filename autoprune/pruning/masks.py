@@ -1,0 +1,51 @@
+"""Masks from scores: unstructured per output row, or N:M along each row. True = keep."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from autoprune.errors import UserError
+
+
+def _clean(scores: Tensor) -> Tensor:
+    # NaN scores rank lowest: a broken metric prunes those weights first, never crashes.
+    return torch.nan_to_num(scores.float(), nan=float("-inf"))
+
+
+def pruned_per_row(rows: int, cols: int, sparsity: float) -> torch.Tensor:
+    """How many weights each row loses so that the layer loses exactly ``round(sparsity * rows * cols)``.
+
+    Every row loses floor or ceil of ``sparsity * cols``; the extra weights are spread evenly.
+    """
+    total = int(round(sparsity * rows * cols))
+    r = torch.arange(rows + 1)
+    return (total * r).div(rows, rounding_mode="floor").diff()  # (rows,)
+
+
+def row_mask(scores: Tensor, sparsity: float) -> Tensor:
+    """Keep all but the lowest scores of every row (``pruned_per_row`` of them)."""
+    rows, cols = scores.shape
+    counts = pruned_per_row(rows, cols, sparsity).to(scores.device)
+    mask = torch.ones(rows, cols, dtype=torch.bool, device=scores.device)
+    k = int(counts.max())
+    if k > 0:
+        idx = torch.topk(_clean(scores), k, dim=1, largest=False, sorted=True).indices  # (rows, k)
+        keep_slot = torch.arange(k, device=scores.device).unsqueeze(0) >= counts.unsqueeze(1)
+        mask.scatter_(1, idx, keep_slot)
+    return mask
+
+
+def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
+    """Keep the ``n`` highest scores of every group of ``m`` consecutive weights in a row."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise UserError(f"N:M pattern {n}:{m} needs the input size ({cols}) to be a multiple of {m}")
+    groups = _clean(scores).view(rows, cols // m, m)  # (rows, groups, m)
+    idx = torch.topk(groups, m - n, dim=2, largest=False).indices
+    mask = torch.ones_like(groups, dtype=torch.bool).scatter_(2, idx, False)
+    return mask.view(rows, cols)
+
+
+def make_mask(scores: Tensor, sparsity: float, nm: tuple[int, int] | None) -> Tensor:
+    return row_mask(scores, sparsity) if nm is None else nm_mask(scores, *nm)

@@ -1,0 +1,53 @@
+"""Named pruning metrics: score = f(W, X, G); a higher score means keep the weight.
+
+Notation (one linear layer, y = W x):
+    W  (out, in)  weight
+    X  (in,)      sqrt(mean over calibration tokens of x_j^2): per input channel activation norm
+    G  (out, in)  root-mean-square gradient of the LM loss w.r.t. W (None when not collected)
+
+Scores are compared within each output row (or each N:M group), so any positive per-row factor
+or monotone transform of the whole score gives the same mask.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from autoprune.errors import UserError
+
+Metric = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+def magnitude(W: Tensor, X: Tensor, G: Tensor | None) -> Tensor:
+    return W.abs()
+
+
+def wanda(W: Tensor, X: Tensor, G: Tensor | None) -> Tensor:
+    """Wanda (Sun et al. 2023): |W_ij| * ||X_j||."""
+    return W.abs() * X.unsqueeze(0)
+
+
+def ria(W: Tensor, X: Tensor, G: Tensor | None, a: float = 0.5) -> Tensor:
+    """RIA (Zhang et al. 2024): (|W|/row sum + |W|/column sum) * ||X_j||^a, a = 0.5."""
+    A = W.abs()
+    relative = A / A.sum(dim=1, keepdim=True).clamp_min(1e-12) + A / A.sum(dim=0, keepdim=True).clamp_min(1e-12)
+    return relative * X.unsqueeze(0).pow(a)
+
+
+NAMED: dict[str, Metric] = {"magnitude": magnitude, "wanda": wanda, "ria": ria}
+# metrics whose masks come from elsewhere (the OBS solver), not from a score
+SOLVER_METRICS = ("sparsegpt",)
+
+
+def resolve_metric(spec: str) -> Metric:
+    """The scoring function for a metric name."""
+    if spec in NAMED:
+        return NAMED[spec]
+    raise UserError(f"unknown metric {spec!r} (choose {', '.join(NAMED)})")
+
+
+def needs_gradients(spec: str) -> bool:
+    return False

@@ -1,0 +1,123 @@
+"""A pruning policy: which weights to score how, how much of each block to remove, and how.
+
+A policy is data: a frozen, validated object that round-trips through JSON. It is what the
+search proposes, what tracking logs, what export writes and what ``autoprune prune`` applies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from autoprune.errors import UserError
+
+ALLOCATIONS = ("uniform", "owl", "explicit")
+UPDATES = ("none", "sparsegpt")
+METHODS = ("magnitude", "wanda", "ria", "sparsegpt")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """``"unstructured"`` -> None, ``"2:4"`` -> (2, 4): keep N of every M consecutive weights."""
+    if pattern == "unstructured":
+        return None
+    parts = pattern.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise UserError(f"malformed pattern {pattern!r}: use 'unstructured' or N:M such as 2:4")
+    n, m = int(parts[0]), int(parts[1])
+    if not 0 < n < m:
+        raise UserError(f"malformed pattern {pattern!r}: N:M needs 0 < N < M")
+    return n, m
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``metric`` is a named metric (magnitude, wanda, ria, sparsegpt) or a metric expression.
+
+    ``sparsity`` is the global fraction of prunable weights removed. ``allocation`` spreads it
+    over blocks: ``uniform``; ``owl`` (outlier-weighted, lambda and M as in the OWL paper); or
+    ``explicit`` with one ratio per block in ``block_ratios``. ``pattern`` is ``unstructured``
+    (each output row loses the same fraction) or ``N:M``. ``update`` ``sparsegpt`` reconstructs
+    the kept weights (OBS); with metric ``sparsegpt`` the mask is chosen by OBS too.
+    """
+
+    metric: str = "wanda"
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    allocation: str = "uniform"
+    block_ratios: tuple[float, ...] | None = None
+    owl_lambda: float = 0.08
+    owl_m: float = 5.0
+    update: str = "none"
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sparsity, (int, float)) or not 0 <= self.sparsity < 1 or math.isnan(self.sparsity):
+            raise UserError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        nm = parse_pattern(self.pattern)
+        if nm is not None:
+            implied = 1 - nm[0] / nm[1]
+            if abs(self.sparsity - implied) > 1e-9:
+                raise UserError(f"pattern {self.pattern} fixes sparsity at {implied:g}, not {self.sparsity:g}")
+            if self.allocation != "uniform":
+                raise UserError(f"pattern {self.pattern} needs allocation 'uniform'")
+        if self.allocation not in ALLOCATIONS:
+            raise UserError(f"unknown allocation {self.allocation!r} (choose {', '.join(ALLOCATIONS)})")
+        if (self.allocation == "explicit") != (self.block_ratios is not None):
+            raise UserError("block_ratios are given exactly when allocation is 'explicit'")
+        if self.block_ratios is not None:
+            object.__setattr__(self, "block_ratios", tuple(float(r) for r in self.block_ratios))
+            if not all(0 <= r < 1 for r in self.block_ratios):
+                raise UserError("every block ratio must be in [0, 1)")
+        if self.update not in UPDATES:
+            raise UserError(f"unknown update {self.update!r} (choose {', '.join(UPDATES)})")
+        if self.metric == "sparsegpt" and self.update != "sparsegpt":
+            raise UserError("metric 'sparsegpt' (the OBS mask) needs update 'sparsegpt'")
+        if not self.metric.strip():
+            raise UserError("empty metric")
+
+    @classmethod
+    def from_method(cls, method: str, sparsity: float, pattern: str = "unstructured",
+                    allocation: str = "uniform") -> "Policy":
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r} (choose {', '.join(METHODS)})")
+        nm = parse_pattern(pattern)
+        if nm is not None:
+            sparsity = 1 - nm[0] / nm[1]
+        return cls(metric=method, sparsity=sparsity, pattern=pattern, allocation=allocation,
+                   update="sparsegpt" if method == "sparsegpt" else "none")
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["block_ratios"] is not None:
+            d["block_ratios"] = list(d["block_ratios"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Policy":
+        if not isinstance(d, dict):
+            raise UserError("a policy is a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown policy keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Policy":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise UserError(f"{path}: policy file not found") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        except TypeError as e:
+            raise UserError(f"{path}: invalid policy ({e})") from None

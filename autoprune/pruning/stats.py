@@ -1,0 +1,66 @@
+"""Calibration statistics of the inputs of linear layers, gathered by forward hooks.
+
+Per linear layer with inputs x (tokens, in):
+    X = sqrt(sum_t x_t^2 / n)      per input channel, (in,)
+    H = 2/n sum_t x_t x_t^T        the layer-wise OBS Hessian (SparseGPT), (in, in), on request
+
+``StatsCollector`` owns its hooks and always removes them (use it as a context manager).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class LayerStats:
+    sq_sum: Tensor  # (in,) float32, sum of x_j^2 over tokens
+    tokens: int = 0
+    H: Tensor | None = None  # (in, in) float32, 2/n X X^T
+
+    @property
+    def X(self) -> Tensor:
+        return (self.sq_sum / max(self.tokens, 1)).sqrt()
+
+    def add(self, x: Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+        n = x.shape[0]
+        if self.H is not None:
+            # running mean of 2 x x^T, as SparseGPT accumulates it
+            self.H.mul_(self.tokens / (self.tokens + n))
+            xs = x * (2.0 / (self.tokens + n)) ** 0.5
+            self.H.addmm_(xs.t(), xs)
+        self.sq_sum += (x * x).sum(dim=0)
+        self.tokens += n
+
+    def to(self, device: torch.device | str) -> "LayerStats":
+        return LayerStats(self.sq_sum.to(device), self.tokens, None if self.H is None else self.H.to(device))
+
+
+class StatsCollector:
+    """Accumulate ``LayerStats`` for each named linear while the model runs forward."""
+
+    def __init__(self, linears: dict[str, nn.Linear], hessian: bool = False):
+        self.stats = {}
+        for name, lin in linears.items():
+            dev = lin.weight.device
+            self.stats[name] = LayerStats(
+                sq_sum=torch.zeros(lin.in_features, device=dev),
+                H=torch.zeros(lin.in_features, lin.in_features, device=dev) if hessian else None,
+            )
+        self._linears = linears
+        self._handles: list = []
+
+    def __enter__(self) -> "StatsCollector":
+        for name, lin in self._linears.items():
+            st = self.stats[name]
+            self._handles.append(lin.register_forward_hook(lambda _m, inp, _out, st=st: st.add(inp[0].detach())))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
