@@ -24,11 +24,15 @@ class DenseReference:
 
 
 @torch.no_grad()
-def kl_to_dense(model: nn.Module, reference: DenseReference) -> float:
-    """Mean over tokens of sum_v p_dense(v) (log p_dense(v) - log p_model(v))."""
+def kl_to_dense(model: nn.Module, reference: DenseReference, limit: int | None = None) -> float:
+    """Mean over tokens of sum_v p_dense(v) (log p_dense(v) - log p_model(v)).
+
+    ``limit`` uses only the first ``limit`` batches of the reference (a cheaper, lower fidelity).
+    """
     dev = next(model.parameters()).device
     total, tokens = 0.0, 0
-    for batch, ref in zip(reference.windows.split(reference.batch_size), reference.logprobs):
+    pairs = list(zip(reference.windows.split(reference.batch_size), reference.logprobs))
+    for batch, ref in pairs[:limit]:
         logq = F.log_softmax(model(batch.to(dev), use_cache=False).logits.float(), dim=-1)
         logp = ref.float()
         total += (logp.exp() * (logp - logq)).sum().item()

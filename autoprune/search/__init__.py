@@ -1,0 +1,1 @@
+"""Search strategies: each proposes candidates and is told their proxy results (ask / tell)."""

@@ -1,0 +1,65 @@
+"""The one interface every search strategy implements.
+
+A strategy never touches the model: it proposes ``Candidate``s (a policy and the proxy fidelity
+to score it at) and is told each one's ``ProxyResult``. Whoever drives it (a test, a benchmark,
+the orchestrator with its Ray workers) decides where and when candidates are evaluated.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+from autoprune.evaluation.proxy import ProxyResult
+from autoprune.pruning.policy import Policy
+
+
+@dataclass(frozen=True)
+class Candidate:
+    policy: Policy
+    batches: int | None = None  # proxy fidelity: the first N proxy batches (None: all of them)
+    tag: dict = field(default_factory=dict, compare=False, hash=False)  # strategy bookkeeping
+
+
+Evaluate = Callable[[list[Candidate]], list[ProxyResult]]
+
+
+class Strategy(ABC):
+    name: str
+
+    @abstractmethod
+    def ask(self, n: int) -> list[Candidate]:
+        """Up to ``n`` candidates to evaluate now (fewer, or none, when the strategy must wait)."""
+
+    @abstractmethod
+    def tell(self, candidate: Candidate, result: ProxyResult) -> None:
+        """The result of a candidate this strategy proposed."""
+
+    @abstractmethod
+    def best(self) -> tuple[Policy, float] | None:
+        """The best policy found so far and its proxy loss."""
+
+    def done(self) -> bool:
+        """True when the strategy has nothing more to propose."""
+        return False
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state to resume from (empty: the strategy restarts)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()`` output."""
+
+
+def run_serial(strategy: Strategy, evaluate: Evaluate, max_candidates: int, batch: int = 1) -> int:
+    """Drive ``strategy`` in this process until it is done or ``max_candidates`` were evaluated."""
+    evaluated = 0
+    while evaluated < max_candidates and not strategy.done():
+        cands = strategy.ask(min(batch, max_candidates - evaluated))
+        if not cands:
+            break
+        for cand, res in zip(cands, evaluate(cands)):
+            strategy.tell(cand, res)
+        evaluated += len(cands)
+    return evaluated
