@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from autoprune.evaluation.proxy import ProxyResult
@@ -22,10 +23,23 @@ class Candidate:
     tag: dict = field(default_factory=dict, compare=False, hash=False)  # strategy bookkeeping
 
 
+@dataclass(frozen=True)
+class SearchContext:
+    """What a strategy may know of the problem, without the model itself."""
+
+    base_policy: Policy  # the target (sparsity, pattern) and the parts this strategy does not search
+    block_sizes: tuple[dict[str, int], ...]  # per block: linear name within the block -> weight count
+    max_batches: int  # proxy batches at full fidelity
+    seed: int
+    run_dir: Path  # where the strategy keeps its own state (Optuna storage, checkpoints)
+
+
 Evaluate = Callable[[list[Candidate]], list[ProxyResult]]
 
 
 class Strategy(ABC):
+    """Constructed as ``Strategy(context, space)`` with ``space`` the parsed search-space YAML."""
+
     name: str
 
     @abstractmethod
