@@ -51,3 +51,17 @@ def block_ratios(policy: Policy, blocks_linears: list[dict[str, torch.nn.Linear]
     ratios = [outlier_ratio([wanda(lin.weight.data, X[name], None) for name, lin in linears.items()], policy.owl_m)
               for linears in blocks_linears]
     return owl_ratios(ratios, policy.sparsity, policy.owl_lambda)
+
+
+def layer_ratios(policy: Policy, blocks_linears: list[dict[str, torch.nn.Linear]], ratios: list[float]) -> dict[str, float]:
+    """Full linear name -> ratio: the block's ratio unless ``policy.layer_ratios`` names the linear."""
+    out = {}
+    for i, (ratio, linears) in enumerate(zip(ratios, blocks_linears)):
+        own = dict(policy.layer_ratios[i]) if policy.layer_ratios is not None else {}
+        for name in linears:
+            rel = [r for r in own if name.endswith("." + r)]
+            out[name] = own[rel[0]] if rel else ratio
+        unknown = [r for r in own if not any(name.endswith("." + r) for name in linears)]
+        if unknown:
+            raise UserError(f"layer_ratios name linears that block {i} does not have: {', '.join(unknown)}")
+    return out

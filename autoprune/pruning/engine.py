@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from autoprune.models.layers import decoder_blocks, prunable_linears
-from autoprune.pruning.allocation import block_ratios
+from autoprune.pruning.allocation import block_ratios, layer_ratios
 from autoprune.pruning.masks import make_mask
 from autoprune.pruning.metrics import needs_gradients, resolve_metric
 from autoprune.pruning.policy import Policy
@@ -137,9 +137,10 @@ def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats) -> P
     t0 = time.perf_counter()
     bls = blocks_linears(model)
     ratios = block_ratios(policy, bls, stats.X if policy.allocation == "owl" else None)
-    for ratio, linears in zip(ratios, bls):
+    per_layer = layer_ratios(policy, bls, ratios)
+    for linears in bls:
         for name, lin in linears.items():
-            prune_linear(lin, ratio, policy, stats.layers[name], stats.grads[name] if stats.grads else None)
+            prune_linear(lin, per_layer[name], policy, stats.layers[name], stats.grads[name] if stats.grads else None)
     return _finish(model, ratios, t0)
 
 
@@ -196,13 +197,14 @@ def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_si
     if policy.allocation == "owl":
         X = collect_stats(model, windows, batch_size=batch_size, progress=progress).X
     ratios = block_ratios(policy, bls, X)
+    per_layer = layer_ratios(policy, bls, ratios)
     inputs = _capture_block_inputs(model, blocks[0], windows, batch_size)
     hessian = policy.update == "sparsegpt"
     for i in tqdm(range(len(blocks)), desc="pruning blocks", disable=not progress, leave=False):
         with StatsCollector(bls[i], hessian=hessian) as col:
             _run_block(blocks[i], [list(x) for x in inputs])  # statistics only; outputs discarded
         for name, lin in bls[i].items():
-            prune_linear(lin, ratios[i], policy, col.stats[name], grads[name] if grads else None)
+            prune_linear(lin, per_layer[name], policy, col.stats[name], grads[name] if grads else None)
         del col
         _run_block(blocks[i], inputs)  # the pruned block's outputs feed the next block
     return _finish(model, ratios, t0)

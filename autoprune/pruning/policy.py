@@ -31,13 +31,34 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     return n, m
 
 
+def _layer_ratios(value, block_ratios: tuple[float, ...] | None) -> tuple[tuple[tuple[str, float], ...], ...]:
+    """Per-block {linear name: ratio} (JSON) or pairs -> a hashable tuple of sorted pairs, validated."""
+    if block_ratios is None:
+        raise UserError("layer_ratios need allocation 'explicit' with block_ratios")
+    if not isinstance(value, (list, tuple)) or len(value) != len(block_ratios):
+        raise UserError(f"layer_ratios need one entry per block ({len(block_ratios)})")
+    blocks = []
+    for block in value:
+        pairs = block.items() if isinstance(block, dict) else block
+        try:
+            pairs = tuple(sorted((str(name), float(r)) for name, r in pairs))
+        except (TypeError, ValueError):
+            raise UserError("layer_ratios: each block maps linear names to ratios") from None
+        if not all(0 <= r < 1 for _, r in pairs):
+            raise UserError("every layer ratio must be in [0, 1)")
+        blocks.append(pairs)
+    return tuple(blocks)
+
+
 @dataclass(frozen=True)
 class Policy:
     """``metric`` is a named metric (magnitude, wanda, ria, sparsegpt) or a metric expression.
 
     ``sparsity`` is the global fraction of prunable weights removed. ``allocation`` spreads it
     over blocks: ``uniform``; ``owl`` (outlier-weighted, lambda and M as in the OWL paper); or
-    ``explicit`` with one ratio per block in ``block_ratios``. ``pattern`` is ``unstructured``
+    ``explicit`` with one ratio per block in ``block_ratios`` and, optionally, ``layer_ratios``:
+    per block, linear name within the block -> its own ratio (the others keep the block's).
+    ``pattern`` is ``unstructured``
     (each output row loses the same fraction) or ``N:M``. ``update`` ``sparsegpt`` reconstructs
     the kept weights (OBS); with metric ``sparsegpt`` the mask is chosen by OBS too.
     """
@@ -47,6 +68,7 @@ class Policy:
     pattern: str = "unstructured"
     allocation: str = "uniform"
     block_ratios: tuple[float, ...] | None = None
+    layer_ratios: tuple[tuple[tuple[str, float], ...], ...] | None = None  # JSON: one object per block
     owl_lambda: float = 0.08
     owl_m: float = 5.0
     update: str = "none"
@@ -70,6 +92,8 @@ class Policy:
             object.__setattr__(self, "block_ratios", tuple(float(r) for r in self.block_ratios))
             if not all(0 <= r < 1 for r in self.block_ratios):
                 raise UserError("every block ratio must be in [0, 1)")
+        if self.layer_ratios is not None:
+            object.__setattr__(self, "layer_ratios", _layer_ratios(self.layer_ratios, self.block_ratios))
         if self.update not in UPDATES:
             raise UserError(f"unknown update {self.update!r} (choose {', '.join(UPDATES)})")
         if self.metric == "sparsegpt" and self.update != "sparsegpt":
@@ -96,6 +120,8 @@ class Policy:
         d = asdict(self)
         if d["block_ratios"] is not None:
             d["block_ratios"] = list(d["block_ratios"])
+        if d["layer_ratios"] is not None:
+            d["layer_ratios"] = [dict(block) for block in self.layer_ratios]
         return d
 
     @classmethod
