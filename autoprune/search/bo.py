@@ -1,0 +1,169 @@
+"""Bayesian optimisation of the layer-wise allocation: an Optuna study driven by ask/tell.
+
+Each trial samples a point of an allocation space (``search_spaces/allocation.yaml``), decoded and
+projected onto the exact global target. It is scored at increasing proxy fidelities (the first
+``fidelities[k]`` proxy batches); after every rung but the last, Optuna's percentile pruner
+stops trials that are worse than most others were at that rung.
+
+The study lives in Optuna storage (default ``sqlite:///<run_dir>/optuna.db``, any database URL)
+under a name derived from the problem, so a restarted search resumes it: completed and pruned
+trials are kept, and trials that were in flight when the process stopped are queued again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from autoprune.errors import UserError
+from autoprune.evaluation.proxy import ProxyResult
+from autoprune.pruning.policy import Policy
+from autoprune.search.allocation_space import AllocationSpace, load_space
+from autoprune.search.base import Candidate, SearchContext, Strategy
+
+SAMPLERS = ("tpe", "gp")
+_KEYS = {"allocation", "sampler", "n_trials", "n_startup_trials", "storage", "study_name",
+         "fidelities", "prune_percentile", "seed_baselines"}
+
+
+@dataclass(frozen=True)
+class BOConfig:
+    allocation: AllocationSpace
+    sampler: str = "tpe"
+    n_trials: int = 50
+    n_startup_trials: int = 10
+    storage: str | None = None
+    study_name: str | None = None
+    fidelities: tuple[int, ...] = ()  # proxy batches per rung, increasing; () = one rung at full fidelity
+    prune_percentile: float = 50.0
+    seed_baselines: bool = True  # first trial: the uniform allocation (or OWL's defaults)
+
+    @classmethod
+    def from_dict(cls, d: dict, max_batches: int) -> "BOConfig":
+        if not isinstance(d, dict):
+            raise UserError("the BO search space must be a mapping")
+        unknown = sorted(set(d) - _KEYS)
+        if unknown:
+            raise UserError(f"BO space: unknown keys {', '.join(map(str, unknown))}")
+        sampler = d.get("sampler", "tpe")
+        if sampler not in SAMPLERS:
+            raise UserError(f"BO space: unknown sampler {sampler!r} (choose {', '.join(SAMPLERS)})")
+        for key in ("n_trials", "n_startup_trials"):
+            v = d.get(key, 1)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (key == "n_trials" and v < 1):
+                raise UserError(f"BO space: {key} must be a non-negative integer")
+        rungs = [max_batches if f is None else f for f in d.get("fidelities", [])]
+        if not all(isinstance(f, int) and 0 < f for f in rungs) or rungs != sorted(set(rungs)):
+            raise UserError("BO space: fidelities must be increasing positive batch counts (null: all)")
+        pct = d.get("prune_percentile", 50.0)
+        if not isinstance(pct, (int, float)) or not 0 < pct < 100:
+            raise UserError("BO space: prune_percentile must be in (0, 100)")
+        return cls(load_space(d.get("allocation", "per_block")), sampler, d.get("n_trials", 50),
+                   d.get("n_startup_trials", 10), d.get("storage"), d.get("study_name"),
+                   tuple(min(f, max_batches) for f in rungs), float(pct), bool(d.get("seed_baselines", True)))
+
+
+class BOStrategy(Strategy):
+    name = "bo"
+
+    def __init__(self, context: SearchContext, space: dict):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.context = context
+        self.config = cfg = BOConfig.from_dict(space, context.max_batches)
+        self.rungs = cfg.fidelities or (context.max_batches,)
+        self.params = cfg.allocation.params(len(context.block_sizes))
+        context.run_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = cfg.storage or f"sqlite:///{context.run_dir / 'optuna.db'}"
+        base = context.base_policy
+        self.study_name = cfg.study_name or (f"allocation-{cfg.allocation.name}-{base.metric}-{base.update}"
+                                             f"-s{base.sparsity:g}-seed{context.seed}")
+        kind = optuna.samplers.GPSampler if cfg.sampler == "gp" else optuna.samplers.TPESampler
+        sampler = kind(seed=context.seed, n_startup_trials=cfg.n_startup_trials)
+        pruner = optuna.pruners.PercentilePruner(cfg.prune_percentile, n_startup_trials=cfg.n_startup_trials)
+        try:
+            self.study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=sampler,
+                                             pruner=pruner, direction="minimize", load_if_exists=True)
+        except (ValueError, ImportError) as e:
+            raise UserError(f"cannot open Optuna storage {self.storage}: {e}") from None
+        self._requeue_stale()
+        self._trials: dict[int, object] = {}  # trial number -> optuna Trial in flight
+        self._promoted: deque[Candidate] = deque()
+
+    def _requeue_stale(self) -> None:
+        """Trials left running by a stopped process are failed and their points queued again."""
+        from optuna.trial import TrialState
+
+        stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for t in stale:
+            self.study.enqueue_trial(t.params, skip_if_exists=False)
+            self.study.tell(t.number, state=TrialState.FAIL)
+        if not self.study.trials and self.config.seed_baselines:
+            self.study.enqueue_trial(self._baseline_point())
+
+    def _baseline_point(self) -> dict[str, float]:
+        if self.config.allocation.kind == "owl":
+            return {p.name: min(max(v, p.low), p.high) for p, v in zip(self.params, (0.08, 5.0))}
+        return {p.name: 0.0 for p in self.params}
+
+    def finished(self) -> int:
+        """Trials completed or pruned so far, this process and earlier ones."""
+        from optuna.trial import TrialState
+
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    def _candidate(self, trial, rung: int) -> Candidate:
+        policy = self.config.allocation.decode(trial.params, self.context.base_policy, self.context.block_sizes)
+        return Candidate(policy, self.rungs[rung], {"trial": trial.number, "rung": rung})
+
+    def ask(self, n: int) -> list[Candidate]:
+        out = []
+        while self._promoted and len(out) < n:
+            out.append(self._promoted.popleft())
+        room = self.config.n_trials - self.finished() - len(self._trials)
+        while len(out) < n and room > 0:
+            trial = self.study.ask()
+            for p in self.params:
+                trial.suggest_float(p.name, p.low, p.high)
+            self._trials[trial.number] = trial
+            out.append(self._candidate(trial, 0))
+            room -= 1
+        return out
+
+    def tell(self, candidate: Candidate, result: ProxyResult) -> None:
+        from optuna.trial import TrialState
+
+        number, rung = candidate.tag["trial"], candidate.tag["rung"]
+        trial = self._trials[number]
+        if not result.ok:
+            del self._trials[number]
+            trial.set_user_attr("error", result.error or "non-finite loss")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return
+        trial.report(result.loss, step=candidate.batches)
+        if rung + 1 < len(self.rungs) and trial.should_prune():
+            del self._trials[number]
+            self.study.tell(trial, state=TrialState.PRUNED)
+        elif rung + 1 < len(self.rungs):
+            self._promoted.append(self._candidate(trial, rung + 1))
+        else:
+            del self._trials[number]
+            trial.set_user_attr("policy", candidate.policy.to_dict())
+            trial.set_user_attr("sparsity", result.sparsity)
+            self.study.tell(trial, result.loss)
+
+    def done(self) -> bool:
+        return not self._trials and not self._promoted and self.finished() >= self.config.n_trials
+
+    def best(self) -> tuple[Policy, float] | None:
+        from optuna.trial import TrialState
+
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not done:
+            return None
+        t = min(done, key=lambda t: t.value)
+        return Policy.from_dict(t.user_attrs["policy"]), float(t.value)
+
+    def state_dict(self) -> dict:
+        return {"storage": self.storage, "study_name": self.study_name}  # the study itself is the state
