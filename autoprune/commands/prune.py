@@ -14,6 +14,8 @@ def add_parser(sub) -> None:
     add_model_args(p)
     p.add_argument("--method", default="wanda", help="magnitude, wanda, ria or sparsegpt (default: wanda)")
     p.add_argument("--policy", type=Path, help="a policy JSON file (overrides --method/--sparsity/--pattern/--allocation)")
+    p.add_argument("--metric", help="a metric file from 'autoprune export', a named metric or an expression "
+                   "such as 'mul(abs(W), X)'; replaces the policy's metric")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of weights to remove, in [0, 1)")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M")
     p.add_argument("--allocation", default="uniform", help="uniform or owl")
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from autoprune.jobs.prune import PruneConfig, prune
 
     cfg = PruneConfig(model=args.model, out=args.out, method=args.method, sparsity=args.sparsity,
-                      pattern=args.pattern, allocation=args.allocation, policy=args.policy,
+                      pattern=args.pattern, allocation=args.allocation, policy=args.policy, metric=args.metric,
                       calib=args.calib, calib_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed,
                       batch_size=args.batch_size, eval=args.eval, eval_windows=args.eval_windows,
                       device=args.device, dtype=args.dtype)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoprune.config import Config
@@ -27,6 +27,7 @@ class PruneConfig(Config):
     pattern: str = "unstructured"
     allocation: str = "uniform"
     policy: Path | None = None  # a policy JSON file; overrides method/sparsity/pattern/allocation
+    metric: str | None = None  # a metric file, named metric or expression; replaces the policy's metric
     calib: str = "c4"
     calib_windows: int = 128
     seqlen: int = 2048
@@ -48,8 +49,14 @@ class PruneConfig(Config):
 
     def make_policy(self) -> Policy:
         if self.policy is not None:
-            return Policy.load(self.policy)
-        return Policy.from_method(self.method, self.sparsity, self.pattern, self.allocation)
+            policy = Policy.load(self.policy)
+        else:
+            policy = Policy.from_method(self.method, self.sparsity, self.pattern, self.allocation)
+        if self.metric is not None:
+            from autoprune.export import metric_spec
+
+            policy = replace(policy, metric=metric_spec(self.metric))
+        return policy
 
 
 @dataclass

@@ -11,6 +11,7 @@ or monotone transform of the whole score gives the same mask.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -42,12 +43,30 @@ NAMED: dict[str, Metric] = {"magnitude": magnitude, "wanda": wanda, "ria": ria}
 SOLVER_METRICS = ("sparsegpt",)
 
 
+# named metrics written as expressions (autoprune.pruning.expression); Pruner-Zero's discovered metric
+NAMED_EXPRESSIONS = {"pruner-zero": "mul(sqr(W), mms(G))"}
+
+
+@lru_cache(maxsize=1024)
+def _expression(spec: str):
+    from autoprune.pruning.expression import parse
+
+    spec = NAMED_EXPRESSIONS.get(spec, spec)
+    if spec.isidentifier() and spec not in ("W", "X", "G"):
+        names = ", ".join([*NAMED, *NAMED_EXPRESSIONS])
+        raise UserError(f"unknown metric {spec!r} (choose {names}, or an expression such as mul(abs(W), X))")
+    return parse(spec)
+
+
 def resolve_metric(spec: str) -> Metric:
-    """The scoring function for a metric name."""
+    """The scoring function for a metric name or a metric expression (parsed against a whitelist)."""
     if spec in NAMED:
         return NAMED[spec]
-    raise UserError(f"unknown metric {spec!r} (choose {', '.join(NAMED)})")
+    from autoprune.pruning.expression import compile_expr
+
+    return compile_expr(_expression(spec))
 
 
 def needs_gradients(spec: str) -> bool:
-    return False
+    """True when the metric reads the gradient statistic G."""
+    return spec not in NAMED and spec not in SOLVER_METRICS and "G" in _expression(spec).terminals

@@ -1,0 +1,322 @@
+"""Genetic programming over symbolic pruning metrics (DEAP), as Pruner-Zero, with its missing parts:
+simplification before evaluation, a rank-equivalence fitness cache, and multi-fidelity promotion.
+
+Each generation: tournament selection, subtree crossover, node or subtree mutation, a static
+height limit, elitism. Every individual is simplified; its fitness is the proxy loss of its
+``rank_form`` at low fidelity (the first ``low_batches`` proxy batches), looked up in a cache keyed
+by ``rank_key``, so equivalent candidates are evaluated once. Degenerate ones (scores constant
+within every row) get the worst fitness without evaluation. After each generation the best
+``promote`` new keys are re-scored at full fidelity; the hall of fame ranks by that.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field, replace
+
+from autoprune.errors import UserError
+from autoprune.evaluation.proxy import ProxyResult
+from autoprune.pruning.expression import BINARY, NAMED_FORMS, TERMINALS, UNARY, Expr, call, const, parse
+from autoprune.pruning.policy import Policy
+from autoprune.pruning.simplify import is_degenerate, rank_form, simplify
+from autoprune.search.base import Candidate, SearchContext, Strategy
+
+SEEDS = NAMED_FORMS
+
+
+@dataclass
+class GPSpace:
+    """The ``gp`` search space (``search_spaces/gp.yaml``); unknown keys are refused."""
+
+    unary: list[str] = field(default_factory=lambda: list(UNARY))
+    binary: list[str] = field(default_factory=lambda: list(BINARY))
+    terminals: list[str] = field(default_factory=lambda: list(TERMINALS))
+    constants: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    population: int = 40
+    generations: int = 30
+    init_min_height: int = 1
+    init_max_height: int = 3
+    max_height: int = 5
+    crossover: float = 0.7
+    mutation: float = 0.3
+    tournament: int = 4
+    elitism: int = 2
+    hall_of_fame: int = 5
+    seeds: list[str] = field(default_factory=list)
+    low_batches: int = 1
+    promote: int = 2
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("unary", UNARY), ("binary", BINARY), ("terminals", TERMINALS)):
+            bad = sorted(set(getattr(self, name)) - set(allowed))
+            if bad:
+                raise UserError(f"gp search space: unknown {name} {', '.join(bad)}")
+        if not self.terminals or self.population < 2 or self.generations < 1 or self.tournament < 1:
+            raise UserError("gp search space: needs terminals, population >= 2, generations >= 1, tournament >= 1")
+        if not 1 <= self.init_min_height + 1 <= self.init_max_height + 1 <= self.max_height + 1:
+            raise UserError("gp search space: needs 0 <= init_min_height <= init_max_height <= max_height")
+        if not (0 <= self.crossover <= 1 and 0 <= self.mutation <= 1):
+            raise UserError("gp search space: crossover and mutation are probabilities")
+
+    @classmethod
+    def from_dict(cls, space: dict) -> "GPSpace":
+        space = {k: v for k, v in (space or {}).items() if k != "strategy"}
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(space) - known)
+        if bad:
+            raise UserError(f"gp search space: unknown keys {', '.join(bad)}")
+        return cls(**space)
+
+
+def seed_expression(seed: str) -> Expr:
+    return parse(SEEDS.get(seed, seed))
+
+
+def _deap():
+    """DEAP types, made once (imported lazily: the CLI stays fast)."""
+    global _TYPES
+    if "_TYPES" not in globals():
+        from deap import base, gp, tools
+
+        class Fitness(base.Fitness):
+            weights = (-1.0,)
+
+        class Individual(gp.PrimitiveTree):
+            def __init__(self, content):
+                super().__init__(content)
+                self.fitness = Fitness()
+
+        _TYPES = (gp, base, tools, Individual)
+    return _TYPES
+
+
+def _no_op(*args):  # DEAP needs a callable per primitive; trees are never compiled by DEAP
+    raise NotImplementedError
+
+
+class GPStrategy(Strategy):
+    name = "gp"
+
+    def __init__(self, context: SearchContext, space: dict):
+        self.context = context
+        self.space = GPSpace.from_dict(space)
+        gp, base, tools, Individual = _deap()
+        self._gp, self._Individual = gp, Individual
+        s = self.space
+        pset = gp.PrimitiveSet("metric", 0)
+        for op in s.unary:
+            pset.addPrimitive(_no_op, 1, name=op)
+        for op in s.binary:
+            pset.addPrimitive(_no_op, 2, name=op)
+        for t in s.terminals:
+            pset.addTerminal(t, name=t)
+        for c in s.constants:
+            pset.addTerminal(float(c))
+        self.pset = pset
+        tb = base.Toolbox()
+        tb.register("expr", gp.genHalfAndHalf, pset=pset, min_=s.init_min_height, max_=s.init_max_height)
+        tb.register("select", tools.selTournament, tournsize=s.tournament)
+        tb.register("mate", gp.cxOnePoint)
+        tb.register("sub_tree", gp.genGrow, min_=0, max_=2)
+        tb.register("mutate_subtree", gp.mutUniform, expr=tb.sub_tree, pset=pset)
+        tb.register("mutate_node", gp.mutNodeReplacement, pset=pset)
+        limit = gp.staticLimit(key=lambda ind: ind.height, max_value=s.max_height)
+        for op in ("mate", "mutate_subtree", "mutate_node"):
+            tb.decorate(op, limit)
+        self.tb = tb
+        self._rng = random.Random(context.seed)
+        self.generation = 0
+        self.population: list[Expr] = []
+        self.low: dict[str, float] = {}  # rank key -> low-fidelity proxy loss
+        self.high: dict[str, float] = {}  # rank key -> full-fidelity proxy loss
+        self.counts = {"proposed": 0, "evaluated": 0, "cache_hits": 0, "degenerate": 0, "mask_hits": 0, "promoted": 0}
+        self.history: list[dict] = []  # per evaluation: key, fidelity, loss, candidates proposed so far
+        self._queue: list[tuple[str, str]] = []  # (key, fidelity) to ask
+        self._inflight: set[tuple[str, str]] = set()
+        self._stage = "score"
+        seeds = [seed_expression(x) for x in s.seeds]
+        for x, e in zip(s.seeds, seeds):
+            missing = {n.op for n in _nodes(e)} - set(pset.mapping) - {"const"}
+            if missing:
+                raise UserError(f"gp seed {x!r} uses {', '.join(sorted(missing))}, not in the primitive set")
+        self._start(seeds + self._random_trees(s.population - len(seeds)))
+
+    # --- trees <-> DEAP ---------------------------------------------------------------------
+    def _to_deap(self, e: Expr):
+        nodes = []
+
+        def walk(x: Expr) -> None:
+            if x.op == "const":
+                nodes.append(self._gp.Terminal(x.value, False, object))
+            else:
+                nodes.append(self.pset.mapping[x.op])
+            for a in x.args:
+                walk(a)
+
+        walk(e)
+        return self._Individual(nodes)
+
+    def _from_deap(self, tree) -> Expr:
+        stack: list[tuple[object, list[Expr]]] = []
+        for node in tree:
+            stack.append((node, []))
+            while stack and len(stack[-1][1]) == stack[-1][0].arity:
+                node, args = stack.pop()
+                if isinstance(node, self._gp.Primitive):
+                    e = call(node.name, *args)
+                elif node.name in TERMINALS:
+                    e = Expr(node.name)
+                else:
+                    e = const(float(node.value))
+                if not stack:
+                    return e
+                stack[-1][1].append(e)
+        raise ValueError("incomplete tree")
+
+    def _with_rng(self, fn, *args):
+        """Run a DEAP operator with this strategy's own random stream (DEAP uses ``random``)."""
+        outer = random.getstate()
+        random.setstate(self._rng.getstate())
+        try:
+            return fn(*args)
+        finally:
+            self._rng.setstate(random.getstate())
+            random.setstate(outer)
+
+    def _random_trees(self, n: int) -> list[Expr]:
+        return [self._from_deap(self._with_rng(self.tb.expr)) for _ in range(max(n, 0))]
+
+    # --- generations ------------------------------------------------------------------------
+    def _start(self, population: list[Expr]) -> None:
+        """Simplify a new generation and queue the keys that need a proxy evaluation."""
+        self.population = [simplify(e) for e in population]
+        self._stage = "score"
+        seen = set()
+        for e in self.population:
+            self.counts["proposed"] += 1
+            key = str(rank_form(e))
+            if key in self.low or key in seen:
+                self.counts["cache_hits"] += 1
+            elif is_degenerate(e):
+                self.counts["degenerate"] += 1
+                self.low[key] = math.inf
+            else:
+                seen.add(key)
+                self._queue.append((key, "low"))
+
+    def fitness(self, e: Expr) -> float:
+        return self.low.get(str(rank_form(e)), math.inf)
+
+    def _promote(self) -> None:
+        self._stage = "promote"
+        keys = sorted({str(rank_form(e)) for e in self.population}, key=lambda k: self.low.get(k, math.inf))
+        fresh = [k for k in keys if k not in self.high and math.isfinite(self.low.get(k, math.inf))]
+        for k in fresh[: self.space.promote]:
+            self._queue.append((k, "high"))
+            self.counts["promoted"] += 1
+
+    def _breed(self) -> None:
+        s = self.space
+        self.generation += 1
+        pop = []
+        for e in self.population:
+            ind = self._to_deap(e)
+            ind.fitness.values = (self.fitness(e),)
+            pop.append(ind)
+        pop.sort(key=lambda ind: ind.fitness.values[0])
+        elite = [self._from_deap(ind) for ind in pop[: s.elitism]]
+        chosen = self._with_rng(self.tb.select, pop, s.population - len(elite))
+        offspring = [self._to_deap(self._from_deap(c)) for c in chosen]  # independent copies
+        for i in range(1, len(offspring), 2):
+            if self._rng.random() < s.crossover:
+                offspring[i - 1], offspring[i] = self._with_rng(self.tb.mate, offspring[i - 1], offspring[i])
+        for i, child in enumerate(offspring):
+            if self._rng.random() < s.mutation:
+                op = self.tb.mutate_subtree if self._rng.random() < 0.5 else self.tb.mutate_node
+                offspring[i] = self._with_rng(op, child)[0]
+        self._start(elite + [self._from_deap(c) for c in offspring])
+
+    def _advance(self) -> None:
+        while not self._queue and not self._inflight and not self.done():
+            if self._stage == "score":
+                self._promote()
+            else:
+                self._breed()
+
+    # --- Strategy interface -----------------------------------------------------------------
+    def ask(self, n: int) -> list[Candidate]:
+        self._advance()
+        out = []
+        while self._queue and len(out) < n:
+            key, fid = self._queue.pop(0)
+            self._inflight.add((key, fid))
+            batches = min(self.space.low_batches, self.context.max_batches) if fid == "low" else None
+            policy = replace(self.context.base_policy, metric=key)
+            out.append(Candidate(policy, batches, {"key": key, "fidelity": fid}))
+        return out
+
+    def tell(self, candidate: Candidate, result: ProxyResult) -> None:
+        key, fid = candidate.tag["key"], candidate.tag["fidelity"]
+        self._inflight.discard((key, fid))
+        loss = result.loss if result.ok else math.inf
+        (self.low if fid == "low" else self.high)[key] = loss
+        self.counts["evaluated"] += 1
+        self.counts["mask_hits"] += int(result.cached)
+        self.history.append({"key": key, "fidelity": fid, "loss": loss if math.isfinite(loss) else None, "proposed": self.counts["proposed"],
+                             "generation": self.generation, "error": result.error})
+
+    def done(self) -> bool:
+        return (self.generation >= self.space.generations - 1 and self._stage == "promote"
+                and not self._queue and not self._inflight)
+
+    def hall_of_fame(self) -> list[tuple[str, float, float]]:
+        """(rank key, full-fidelity loss, low-fidelity loss), best first."""
+        keys = sorted(self.high, key=lambda k: self.high[k])[: self.space.hall_of_fame]
+        return [(k, self.high[k], self.low.get(k, math.inf)) for k in keys]
+
+    def best(self) -> tuple[Policy, float] | None:
+        table = self.high if any(math.isfinite(v) for v in self.high.values()) else self.low
+        finite = {k: v for k, v in table.items() if math.isfinite(v)}
+        if not finite:
+            return None
+        key = min(finite, key=finite.get)
+        return replace(self.context.base_policy, metric=key), finite[key]
+
+    def state_dict(self) -> dict:
+        pending = self._queue + sorted(self._inflight)
+        return {"generation": self.generation, "stage": self._stage,
+                "population": [str(e) for e in self.population], "low": _finite_or_none(self.low),
+                "high": _finite_or_none(self.high),
+                "queue": [list(x) for x in pending], "counts": self.counts, "history": self.history,
+                "rng": _rng_to_json(self._rng.getstate())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generation, self._stage = state["generation"], state["stage"]
+        self.population = [parse(s) for s in state["population"]]
+        self.low = {k: math.inf if v is None else float(v) for k, v in state["low"].items()}
+        self.high = {k: math.inf if v is None else float(v) for k, v in state["high"].items()}
+        self._queue = [(k, f) for k, f in state["queue"]]  # in-flight candidates are asked again
+        self._inflight = set()
+        self.counts, self.history = dict(state["counts"]), list(state["history"])
+        self._rng.setstate(_rng_from_json(state["rng"]))
+
+
+def _rng_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(state: list) -> tuple:
+    return state[0], tuple(state[1]), state[2]
+
+
+def _finite_or_none(d: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no infinity: the worst fitness is stored as null."""
+    return {k: v if math.isfinite(v) else None for k, v in d.items()}
+
+
+def _nodes(e: Expr):
+    yield e
+    for a in e.args:
+        yield from _nodes(a)
