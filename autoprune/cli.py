@@ -16,6 +16,10 @@ from autoprune.errors import UserError
 COMMANDS = {
     "prune": "autoprune.commands.prune",
     "eval": "autoprune.commands.eval",
+    "export": "autoprune.commands.export",
+    "search": "autoprune.commands.search",
+    "leaderboard": "autoprune.commands.leaderboard",
+    "ui": "autoprune.commands.ui",
 }
 
 

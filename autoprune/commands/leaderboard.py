@@ -1,0 +1,38 @@
+"""``autoprune leaderboard``: the best policies recorded in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+
+from autoprune.commands import quiet_libraries
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("leaderboard", help="the best policies found so far, from MLflow",
+                       description="The best full-fidelity candidates by proxy loss, with their validated perplexity.")
+    p.add_argument("--experiment", help="one search's experiment (default: every autoprune experiment)")
+    p.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db", help="MLflow tracking URI "
+                                                                          "(default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--top", type=int, default=10, help="rows (default: 10)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from rich.console import Console
+    from rich.table import Table
+
+    from autoprune.tracking import check_uri, leaderboard
+
+    rows = leaderboard(check_uri(args.tracking_uri), args.experiment, args.top)
+    table = Table(title=f"autoprune leaderboard ({args.tracking_uri})")
+    for col in ("#", "search", "candidate", "strategy", "expression", "allocation", "proxy loss", "sparsity",
+                "eval ppl"):
+        table.add_column(col, justify="right" if col in ("#", "candidate", "proxy loss", "sparsity", "eval ppl")
+                         else "left", overflow="fold")
+    for i, r in enumerate(rows, 1):
+        ppl = r["eval_perplexity"]
+        table.add_row(str(i), r["search"], str(r["candidate"]), r["strategy"], r["expression"], r["allocation"],
+                      f"{r['proxy_loss']:.4f}", f"{r['sparsity']:.4f}", f"{ppl:.3f}" if ppl is not None else "-")
+    Console().print(table if rows else "no candidates recorded yet")
+    return 0

@@ -1,0 +1,131 @@
+"""``autoprune search``: find a pruning policy within a time budget (live progress view)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from autoprune.commands import quiet_libraries
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("search", help="search pruning metrics and layer-wise sparsity within a time budget",
+                       description="Spend a time budget searching pruning policies on Ray workers; log to MLflow; "
+                                   "validate and export the best policy.")
+    p.add_argument("--model", help="hub id, model folder, llama2.c .bin, or alias (stories260K)")
+    p.add_argument("--budget", help="wall-clock budget: 30s, 20m, 8h, 1h30m (default: 5m)")
+    p.add_argument("--sparsity", type=float, help="global fraction of weights to remove (default: 0.5)")
+    p.add_argument("--pattern", help="unstructured (default), 2:4, 4:8 or any N:M")
+    p.add_argument("--strategies", help="comma-separated: gp, bo, rl, random (default: gp,bo)")
+    p.add_argument("--calib", help="calibration/search data (default: tinystories:0-499 for stories models, else c4)")
+    p.add_argument("--eval", help="final validation data (default: tinystories:500-999 after tinystories "
+                                  "calibration, else wikitext2)")
+    p.add_argument("--calib-windows", type=int, help="calibration windows for the statistics (default: 64)")
+    p.add_argument("--proxy-windows", type=int, help="windows the proxy loss is measured on (default: 16)")
+    p.add_argument("--eval-windows", type=int, help="final validation windows (default: 128)")
+    p.add_argument("--seqlen", type=int, help="tokens per window (default: 256 for stories models, else 2048)")
+    p.add_argument("--objective", help="proxy loss: kl (to the dense model, default) or ppl")
+    p.add_argument("--workers", type=int, help="Ray worker actors, one per GPU or CPU slot (default: 1)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPU slots per worker (default: 1)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 0)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default: autoprune/<out folder name>)")
+    p.add_argument("--top-k", type=int, help="candidates fully validated at the end (default: 3)")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/search)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    p.add_argument("--save-model", action="store_true", help="also save the pruned model (save_pretrained)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda ... (default: auto)")
+    p.add_argument("--dtype", help="auto, float32, float16, bfloat16 (default: auto)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()  # the budget counts the start-up too
+    quiet_libraries()
+    from autoprune.errors import UserError
+    from autoprune.jobs.search import SearchConfig, resume_config, search
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("run", "command", "resume")}
+    if not given.get("save_model"):
+        given.pop("save_model", None)
+    if args.resume:
+        cfg = resume_config(given.get("out", Path("runs/search")), given)
+    else:
+        if args.model is None:
+            raise UserError("--model is required (unless --resume)")
+        cfg = SearchConfig.from_dict(given)
+    with SearchView(cfg) as view:
+        res = search(cfg, resume=args.resume, on_update=view.update, started=started)
+    view.final(res)
+    return 0
+
+
+class SearchView:
+    """A live table: phase, time left, candidates per strategy, best so far, worker retries."""
+
+    def __init__(self, cfg):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.cfg = cfg
+        self.console = Console()
+        self.live = Live(self._table(None), console=self.console, refresh_per_second=2, transient=False)
+
+    def __enter__(self) -> "SearchView":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.__exit__(*exc)
+
+    def update(self, status: dict) -> None:
+        self.live.update(self._table(status))
+
+    def _table(self, status: dict | None):
+        from rich.table import Table
+
+        t = Table(title=f"autoprune search: {self.cfg.model} at {self.cfg.sparsity:g} ({self.cfg.pattern}), "
+                        f"budget {self.cfg.budget} -> {self.cfg.out}")
+        t.add_column("phase")
+        t.add_column("time left", justify="right")
+        t.add_column("candidates", justify="right")
+        t.add_column("best proxy loss", justify="right")
+        t.add_column("best policy")
+        t.add_column("worker retries", justify="right")
+        if status is None:
+            t.add_row("starting workers", "", "", "", "", "")
+            return t
+        best = status.get("best")
+        per = ", ".join(f"{k} {v}" for k, v in status["evaluated"].items())
+        t.add_row(status["phase"], f"{max(0.0, status.get('left', 0)):.0f}s", f"{status.get('total', 0)} ({per})",
+                  f"{best['result']['loss']:.4f}" if best else "-",
+                  _describe(best["policy"]) if best else "-", str(status.get("retried", 0)))
+        return t
+
+    def final(self, res) -> None:
+        from rich.table import Table
+
+        t = Table(title="autoprune search: result")
+        t.add_column("field")
+        t.add_column("value")
+        t.add_row("best policy", _describe(res.best.to_dict()) if res.best else "none (no candidate finished)")
+        t.add_row("proxy loss", f"{res.proxy_loss:.4f}" if res.proxy_loss is not None else "-")
+        t.add_row(f"perplexity on {self.cfg.eval}", f"{res.perplexity:.3f}" if res.perplexity is not None
+                  else "not validated (budget spent)")
+        t.add_row("candidates", ", ".join(f"{k} {v}" for k, v in res.candidates.items()))
+        t.add_row("workers replaced / candidates retried", f"{res.replaced} / {res.retried}")
+        t.add_row("seconds (this run)", f"{res.seconds:.1f}")
+        t.add_row("saved to", str(res.out / "best_policy.json"))
+        self.console.print(t)
+
+
+def _describe(policy: dict) -> str:
+    alloc = policy["allocation"]
+    if alloc == "owl":
+        alloc = f"owl(l={policy['owl_lambda']:g})"
+    elif alloc == "explicit":
+        alloc = "[" + " ".join(f"{r:.2f}" for r in policy["block_ratios"]) + "]"
+    return f"{policy['metric']} / {alloc}"

@@ -1,0 +1,287 @@
+"""``autoprune search``: spend a time budget finding a pruning policy, on Ray workers, in MLflow.
+
+The run folder holds the config, the journal (every candidate, the source of truth), strategy
+states, the best policy, plots and a summary; ``resume`` continues an interrupted search there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from autoprune.config import Config
+from autoprune.errors import UserError
+from autoprune.pruning.policy import Policy, parse_pattern
+from autoprune.search.budget import Budget, parse_budget
+
+CONFIG_FILE = "search_config.json"
+JOURNAL_FILE = "journal.jsonl"
+PROGRESS_FILE = "progress.json"
+TRACKING_FILE = "tracking.json"
+BEST_FILE = "best_policy.json"
+SUMMARY_FILE = "summary.json"
+RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "seed", "budget")
+
+
+@dataclass
+class SearchConfig(Config):
+    model: str
+    budget: str = "5m"
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    strategies: str = "gp,bo"
+    calib: str | None = None  # None: tinystories:0-499 for the stories models, else c4
+    eval: str | None = None  # None: tinystories:500-999 after tinystories calibration, else wikitext2
+    calib_windows: int = 64
+    proxy_windows: int = 16
+    eval_windows: int | None = 128
+    seqlen: int | None = None  # None: 256 for the stories models, else 2048
+    batch_size: int = 8
+    objective: str = "kl"
+    workers: int = 1
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
+    ray_address: str | None = None
+    tracking_uri: str = "sqlite:///runs/mlflow.db"
+    experiment: str | None = None  # None: autoprune/<out folder name>
+    out: Path = Path("runs/search")
+    top_k: int = 3
+    save_model: bool = False
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.seconds = parse_budget(self.budget)
+        stories = self.model.lower().startswith("stories")
+        self.calib = self.calib or ("tinystories:0-499" if stories else "c4")
+        self.eval = self.eval or ("tinystories:500-999" if self.calib.startswith("tinystories") else "wikitext2")
+        self.seqlen = self.seqlen or (256 if stories else 2048)
+        nm = parse_pattern(self.pattern)
+        if nm is not None:
+            self.sparsity = 1 - nm[0] / nm[1]
+        Policy(sparsity=self.sparsity, pattern=self.pattern)  # validates both
+        from autoprune.search.orchestrator import REGISTRY
+
+        names = self.strategy_names
+        if not names or any(n not in REGISTRY for n in names):
+            raise UserError(f"unknown strategies {self.strategies!r} (choose from {', '.join(REGISTRY)})")
+        for field in ("workers", "calib_windows", "proxy_windows", "batch_size", "top_k"):
+            if getattr(self, field) <= 0:
+                raise UserError(f"{field.replace('_', '-')} must be positive, got {getattr(self, field)}")
+        self.experiment = self.experiment or f"autoprune/{self.out.resolve().name}"
+
+    @property
+    def strategy_names(self) -> list[str]:
+        return [s.strip() for s in self.strategies.split(",") if s.strip()]
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.pop("seconds", None)
+        return d
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    best: Policy | None
+    proxy_loss: float | None
+    perplexity: float | None
+    candidates: dict[str, int]  # strategy -> candidates evaluated (this search, all sessions)
+    validated: list[dict]
+    seconds: float  # wall time of this session
+    retried: int
+    replaced: int
+
+
+def resume_config(out: Path, given: dict) -> SearchConfig:
+    """The stored config of the search in ``out``; ``given`` options may change how it runs
+    (workers, Ray address, tracking URI, saving the model) but not what it searches."""
+    stored = Path(out) / CONFIG_FILE
+    if not stored.is_file():
+        raise UserError(f"{out}: no search to resume (no {CONFIG_FILE})")
+    old = SearchConfig.from_dict(json.loads(stored.read_text()))
+    for k, v in given.items():
+        if k in RESUMABLE and v != getattr(old, k):
+            raise UserError(f"{out} was started with {k.replace('_', '-')}={getattr(old, k)!r}, not {v!r}")
+    keep = {k: v for k, v in given.items() if k in ("workers", "ray_address", "tracking_uri", "save_model")}
+    return replace(old, **keep)
+
+
+def prepare_out(cfg: SearchConfig, resume: bool) -> SearchConfig:
+    """A new search gets an empty out folder and its config saved there."""
+    out, stored = cfg.out, cfg.out / CONFIG_FILE
+    if resume:
+        return cfg
+    if stored.is_file():
+        raise UserError(f"{out} holds a search already: pass --resume to continue it, or choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not an autoprune search folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(stored)
+    return cfg
+
+
+def lock(out: Path):
+    f = open(out / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise UserError(f"{out} is in use by another running search") from None
+    return f
+
+
+def ray_temp_dir(out: Path) -> str:
+    """Ray's sockets live under its temp dir, and Unix socket paths are limited to ~107 bytes:
+    under the run folder when its path is short, else a short per-folder dir under /tmp."""
+    d = out.resolve() / "ray"
+    if len(str(d)) <= 40:
+        return str(d)
+    return f"/tmp/autoprune-ray-{hashlib.sha1(str(d).encode()).hexdigest()[:8]}"
+
+
+def connect_ray(cfg: SearchConfig) -> None:
+    import ray
+
+    if cfg.ray_address and cfg.ray_address != "auto" and not cfg.ray_address.startswith("ray://"):
+        host, _, port = cfg.ray_address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
+        except (OSError, ValueError) as e:
+            raise UserError(f"Ray address {cfg.ray_address} is unreachable ({getattr(e, 'strerror', None) or e})") from None
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, **kwargs)
+    else:
+        ray.init(num_cpus=max(1, int(cfg.workers * cfg.cpus_per_worker)), num_gpus=int(cfg.workers * cfg.gpus_per_worker),
+                 _temp_dir=ray_temp_dir(cfg.out), **kwargs)
+
+
+def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], None] | None = None,
+           started: float | None = None) -> SearchResult:
+    """Run (or with ``resume`` continue) the search; ``started``: the monotonic clock reading the
+    budget counts from (default: now), so a command can count its own start-up too."""
+    started = time.monotonic() if started is None else started
+    from autoprune.search.journal import Journal, read_json, write_json_atomic
+    from autoprune.tracking import check_uri
+
+    check_uri(cfg.tracking_uri)  # fail fast, before anything is started
+    cfg = prepare_out(cfg, resume)
+    out = cfg.out
+    held = lock(out)
+    journal = Journal(out / JOURNAL_FILE)
+    if journal.of("done"):
+        raise UserError(f"the search in {out} has finished; its policy is {out / BEST_FILE}")
+    spent = (read_json(out / PROGRESS_FILE) or {}).get("spent", 0.0)
+    budget = Budget(cfg.seconds, spent + time.monotonic() - started)
+    session_start = spent
+    import ray
+
+    from autoprune.search.orchestrator import Orchestrator
+    from autoprune.search.workers import WorkerPool, WorkerSpec
+    from autoprune.tracking import Tracker
+
+    track = read_json(out / TRACKING_FILE) or {}
+    tracker = Tracker(cfg.tracking_uri, cfg.experiment, track.get("parent_run_id"), params=cfg.to_dict())
+    write_json_atomic(out / TRACKING_FILE, {"uri": cfg.tracking_uri, "experiment": cfg.experiment,
+                                            "parent_run_id": tracker.parent_run_id})
+    connect_ray(cfg)
+    pool = None
+    try:
+        spec = WorkerSpec(model=cfg.model, calib=cfg.calib, calib_windows=cfg.calib_windows,
+                          proxy_windows=cfg.proxy_windows, eval=cfg.eval, eval_windows=cfg.eval_windows,
+                          seqlen=cfg.seqlen, batch_size=cfg.batch_size, objective=cfg.objective, seed=cfg.seed,
+                          device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)))
+        pool = WorkerPool(spec, cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        write_json_atomic(out / "workers.json", {"pids": pool.pids})
+        base = Policy(metric="wanda", sparsity=cfg.sparsity, pattern=cfg.pattern)
+
+        def update(status: dict) -> None:
+            write_json_atomic(out / PROGRESS_FILE, {"spent": budget.elapsed, "phase": status["phase"]})
+            if on_update is not None:
+                on_update(status)
+
+        orch = Orchestrator(pool, journal, budget, base, cfg.strategy_names, out, cfg.seed, tracker,
+                            top_k=cfg.top_k, on_update=update)
+        for e in orch.entries():  # candidates an interrupted session journalled but did not log
+            tracker.log_candidate(e)
+        outcome = orch.run()
+        artifacts = write_results(cfg, orch, outcome)
+        if cfg.save_model and outcome.best is not None:
+            pool.submit("save", "validate", outcome.best.to_dict(), str(out / "model"))
+            while not pool.wait(1.0):
+                pass
+        write_json_atomic(out / PROGRESS_FILE, {"spent": budget.elapsed, "phase": "done"})
+        journal.append({"event": "done", "t": round(budget.elapsed, 3)})
+        counts = {}
+        for e in orch.entries():
+            counts[e["strategy"]] = counts.get(e["strategy"], 0) + 1
+        tracker.finish({"best_proxy_loss": outcome.proxy_loss, "best_eval_perplexity": outcome.perplexity,
+                        "candidates": sum(counts.values())}, artifacts)
+        return SearchResult(out, outcome.best, outcome.proxy_loss, outcome.perplexity, counts, outcome.validated,
+                            budget.elapsed - session_start, pool.retried, pool.replaced)
+    finally:
+        tracker.flush(timeout=10)
+        ray.shutdown()
+        journal.close()
+        held.close()
+
+
+def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
+    """best_policy.json, metric exports, plots and summary.json in the run folder; their paths."""
+    from autoprune.search.journal import write_json_atomic
+    from autoprune.search.plots import plot_layer_ratios, plot_progress
+
+    out = cfg.out
+    files: list[Path] = []
+    if outcome.best is not None:
+        best = replace(outcome.best, meta={"search": str(out), "candidate": outcome.best_id,
+                                           "proxy_loss": outcome.proxy_loss, "eval_perplexity": outcome.perplexity,
+                                           "eval": cfg.eval})
+        best.save(out / BEST_FILE)
+        files.append(out / BEST_FILE)
+        files += export_metric(best.metric, out / "metric")
+    entries = orch.entries()
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    if entries:
+        files.append(plot_progress(entries, plots / "search_progress.png"))
+    ratios = [(f"#{v['id']} ppl {v['perplexity']:.2f}", v["block_ratios"]) for v in outcome.validated]
+    if ratios:
+        files.append(plot_layer_ratios(ratios, plots / "layer_ratios.png"))
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e["strategy"]] = counts.get(e["strategy"], 0) + 1
+    write_json_atomic(out / SUMMARY_FILE, {
+        "config": cfg.to_dict(), "best_policy": outcome.best.to_dict() if outcome.best else None,
+        "best_candidate": outcome.best_id, "best_proxy_loss": outcome.proxy_loss,
+        "best_eval_perplexity": outcome.perplexity, "validated": outcome.validated, "candidates": counts,
+        "pool": {"retried": orch.pool.retried, "replaced": orch.pool.replaced}})
+    files.append(out / SUMMARY_FILE)
+    return files
+
+
+def export_metric(metric: str, stem: Path) -> list[Path]:
+    """The best metric in every format of ``autoprune.export`` (json, python, latex); none for the
+    OBS solver's ``sparsegpt``, which is not a score."""
+    from autoprune.export import FORMATS, export_metric as render, load_metric
+
+    if metric == "sparsegpt":
+        return []
+    expr = load_metric(metric)
+    suffix = {"json": ".json", "python": ".py", "latex": ".tex"}
+    paths = []
+    for fmt in FORMATS:
+        path = stem.with_suffix(suffix.get(fmt, "." + fmt))
+        path.write_text(render(expr, fmt, {"metric": metric}))
+        paths.append(path)
+    return paths

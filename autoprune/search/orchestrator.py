@@ -1,0 +1,298 @@
+"""The orchestrator: spends a time budget across the strategies on one pool of Ray workers.
+
+Phases: metric search (strategies of kind ``metric``), then allocation search with the best
+metric found (kind ``allocation``), then final validation of the top candidates by the full
+sequential protocol. Candidates from every strategy of a phase go through one pool, round-robin.
+Nothing is submitted that its estimated cost would carry past the phase's deadline. Every
+result goes to the journal first (the source of truth), then to its strategy, then to MLflow;
+strategy states are saved after every ask and tell, so an interrupted search resumes where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from autoprune.errors import UserError
+from autoprune.evaluation.proxy import ProxyResult
+from autoprune.pruning.policy import Policy
+from autoprune.search.base import Candidate, SearchContext, Strategy
+from autoprune.search.budget import Budget, PhaseSplit
+from autoprune.search.journal import Journal, read_json, write_json_atomic
+
+# name -> (import path, phase: "metric", "allocation" or "both")
+REGISTRY: dict[str, tuple[str, str]] = {
+    "gp": ("autoprune.search.gp:GPStrategy", "metric"),
+    "bo": ("autoprune.search.bo:BOStrategy", "allocation"),
+    "rl": ("autoprune.search.rl:RLStrategy", "allocation"),
+    "random": ("autoprune.search.random_search:RandomStrategy", "both"),
+}
+PHASES = ("metric", "allocation")
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+def load_space(name: str, spaces_dir: Path = SPACES_DIR) -> dict:
+    import yaml
+
+    path = spaces_dir / f"{name}.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in REGISTRY:
+        raise UserError(f"unknown strategy {name!r} (choose {', '.join(REGISTRY)})")
+    module, cls = REGISTRY[name][0].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def in_phase(name: str, phase: str) -> bool:
+    return REGISTRY[name][1] in (phase, "both")
+
+
+def policy_key(policy: dict, batches) -> str:
+    d = {k: v for k, v in policy.items() if k != "meta"}
+    return json.dumps([d, batches], sort_keys=True)
+
+
+@dataclass
+class Outcome:
+    best: Policy | None  # validated best, else best by proxy
+    best_id: int | None
+    proxy_loss: float | None
+    perplexity: float | None  # on the eval data, when validated
+    validated: list[dict]  # {"id", "perplexity", "sparsity", "proxy_loss", "block_ratios"} in order
+
+
+class Orchestrator:
+    def __init__(self, pool, journal: Journal, budget: Budget, base_policy: Policy, strategies: list[str],
+                 run_dir: Path, seed: int, tracker=None, split: PhaseSplit = PhaseSplit(), top_k: int = 3,
+                 on_update: Callable[[dict], None] | None = None, spaces_dir: Path = SPACES_DIR,
+                 finish_reserve: float | None = None):
+        self.pool, self.journal, self.budget, self.tracker = pool, journal, budget, tracker
+        self.base_policy, self.names, self.run_dir, self.seed = base_policy, strategies, Path(run_dir), seed
+        self.top_k, self.on_update, self.spaces_dir = top_k, on_update or (lambda s: None), spaces_dir
+        self.max_batches = pool.info["max_batches"]
+        self.block_sizes = tuple(dict(b) for b in pool.info["block_sizes"])
+        has = {p: any(in_phase(n, p) for n in strategies) for p in PHASES}
+        metric_end = split.metric + (split.allocation if not has["allocation"] else 0.0)
+        alloc_end = split.metric + split.allocation
+        self.ends = {"metric": metric_end if has["metric"] else 0.0, "allocation": alloc_end}
+        # seconds left at the end to write results and stop the workers
+        self.finish_reserve = 7.0 + 0.01 * budget.total if finish_reserve is None else finish_reserve
+        self.origin = budget.elapsed
+        self.cost = 0.0  # moving estimate of seconds per candidate (wall, including dispatch)
+        self.cache: dict[str, dict] = {}  # policy + fidelity -> result, so nothing is evaluated twice
+        for e in journal.results().values():
+            self.cache[policy_key(e["policy"], e.get("batches"))] = e["result"]
+        self.status = {"phase": "", "evaluated": {}, "best": None, "retried": 0, "replaced": 0}
+
+    def _log(self, event: dict) -> dict:
+        return self.journal.append({**event, "t": round(self.budget.elapsed, 3)})
+
+    # -- strategies -----------------------------------------------------------------------
+    def _context(self, phase: str) -> SearchContext:
+        base = self.base_policy
+        if phase == "allocation":
+            best = self.best_entries(1)
+            if best:
+                p = best[0]["policy"]
+                base = replace(base, metric=p["metric"], update=p["update"])
+        d = self.run_dir / "state" / phase
+        d.mkdir(parents=True, exist_ok=True)
+        return SearchContext(base, self.block_sizes, self.max_batches, self.seed, d)
+
+    def _build(self, phase: str) -> dict[str, Strategy]:
+        ctx, out = self._context(phase), {}
+        for name in self.names:
+            if in_phase(name, phase):
+                space = load_space(name, self.spaces_dir)
+                if REGISTRY[name][1] == "both":
+                    space = {**space, "phase": phase}
+                out[name] = strategy_class(name)(replace(ctx, run_dir=ctx.run_dir / name), space)
+        return out
+
+    def _state_path(self, phase: str, name: str) -> Path:
+        return self.run_dir / "state" / phase / f"{name}.json"
+
+    def _save(self, phase: str, name: str, strategy: Strategy) -> None:
+        write_json_atomic(self._state_path(phase, name), {"seq": self.journal.next_id - 1,
+                                                          "state": strategy.state_dict()})
+
+    def _restore(self, phase: str, strategies: dict[str, Strategy]) -> list[tuple[int, str, Candidate]]:
+        """Load saved states, tell each strategy the results it missed; candidates to rerun."""
+        rerun = []
+        results = self.journal.results()
+        for name, strat in strategies.items():
+            saved = read_json(self._state_path(phase, name))
+            seq = 0
+            if saved is not None:
+                strat.load_state_dict(saved["state"])
+                seq = saved["seq"]
+            for cid, e in sorted(results.items()):
+                if e["phase"] == phase and e["strategy"] == name and (cid > seq or saved is None):
+                    try:
+                        strat.tell(_candidate(e), ProxyResult(**e["result"]))
+                    except Exception:  # noqa: BLE001 - the strategy never saw this ask; its result stays journalled
+                        pass
+            for e in self.journal.pending():
+                if e["phase"] == phase and e["strategy"] == name and e["id"] <= seq:
+                    rerun.append((e["id"], name, _candidate(e)))
+        return rerun
+
+    # -- the search loop ------------------------------------------------------------------
+    def _deadline(self, fraction: float) -> float:
+        """Clock reading at ``fraction`` of the time that was left when this run started
+        (set-up and any earlier session are spent already), less the finishing reserve."""
+        usable = self.budget.total - self.finish_reserve - self.origin
+        return self.budget.at((self.origin + fraction * usable) / self.budget.total)
+
+    def run(self) -> Outcome:
+        self.origin = self.budget.elapsed
+        ended = {e["phase"] for e in self.journal.of("phase_end")}
+        for phase in PHASES:
+            if phase in ended or not any(in_phase(n, phase) for n in self.names):
+                continue
+            self._phase(phase)
+            self._log({"event": "phase_end", "phase": phase})
+        return self.validate()
+
+    def _phase(self, phase: str) -> None:
+        self.status["phase"] = phase
+        self._log({"event": "phase_start", "phase": phase})
+        strategies = self._build(phase)
+        rerun = self._restore(phase, strategies)
+        deadline = self._deadline(self.ends[phase])
+        inflight: dict[int, tuple[str, Candidate, float]] = {}
+        order = list(strategies)
+        turn = 0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            while self.pool.free > 0 and now + self.cost < deadline:
+                if rerun:
+                    cid, name, cand = rerun.pop(0)
+                else:
+                    got = None
+                    for k in range(len(order)):
+                        name = order[(turn + k) % len(order)]
+                        if strategies[name].done():
+                            continue
+                        cands = strategies[name].ask(1)
+                        if cands:
+                            got = cands[0]
+                            break
+                    turn += 1
+                    if got is None:
+                        break
+                    cand, cid = got, self.journal.new_id()
+                    self._log({"event": "submit", "id": cid, "phase": phase, "strategy": name,
+                                         "policy": cand.policy.to_dict(), "batches": cand.batches,
+                                         "tag": _jsonable(cand.tag)})
+                    self._save(phase, name, strategies[name])
+                cached = self.cache.get(policy_key(cand.policy.to_dict(), cand.batches))
+                if cached is not None:
+                    self._record(phase, strategies, name, cid, cand, cached, 0.0)
+                    continue
+                inflight[cid] = (name, cand, time.monotonic())
+                self.pool.submit(cid, "evaluate", cand.policy.to_dict(), cand.batches)
+            if not inflight and (all(s.done() for s in strategies.values()) or self.pool.free > 0):
+                break  # nothing running and nothing more to propose
+            for cid, res in self.pool.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+                name, cand, t0 = inflight.pop(cid)
+                self._record(phase, strategies, name, cid, cand, res, time.monotonic() - t0)
+            self._update()
+        grace = max(1.0, 0.01 * self.budget.total)
+        while inflight and time.monotonic() < deadline + grace:
+            for cid, res in self.pool.wait(0.2):
+                name, cand, t0 = inflight.pop(cid)
+                self._record(phase, strategies, name, cid, cand, res, time.monotonic() - t0)
+        if inflight:
+            self.pool.abandon()  # still running: left for a resume, not waited for
+        self._update()
+
+    def _record(self, phase, strategies, name, cid, cand, result: dict, wall: float) -> None:
+        self._log({"event": "result", "id": cid, "result": result})
+        self.cache[policy_key(cand.policy.to_dict(), cand.batches)] = result
+        if wall > 0:
+            self.cost = wall if self.cost == 0 else 0.8 * self.cost + 0.2 * wall
+        strategies[name].tell(cand, ProxyResult(**result))
+        self._save(phase, name, strategies[name])
+        if self.tracker is not None:
+            self.tracker.log_candidate(self._entry(cid))
+        ev = self.status["evaluated"]
+        ev[name] = ev.get(name, 0) + 1
+
+    def _entry(self, cid: int) -> dict:
+        e = self.journal.results()[cid]
+        return {**e, "fidelity": 1.0 if e.get("batches") is None else min(1.0, e["batches"] / self.max_batches)}
+
+    def entries(self) -> list[dict]:
+        return [self._entry(cid) for cid in sorted(self.journal.results())]
+
+    def best_entries(self, k: int) -> list[dict]:
+        """The ``k`` best distinct full-fidelity policies by proxy loss."""
+        seen, out = set(), []
+        full = [e for e in self.entries() if e["fidelity"] >= 1.0 and e["result"]["error"] is None]
+        for e in sorted(full, key=lambda e: e["result"]["loss"]):
+            key = policy_key(e["policy"], None)
+            if key not in seen:
+                seen.add(key)
+                out.append(e)
+            if len(out) == k:
+                break
+        return out
+
+    def _update(self) -> None:
+        best = self.best_entries(1)
+        self.status.update(best=best[0] if best else None, retried=self.pool.retried, replaced=self.pool.replaced,
+                           left=self.budget.left, total=len(self.journal.of("result")))
+        self.on_update(self.status)
+
+    # -- final validation -----------------------------------------------------------------
+    def validate(self) -> Outcome:
+        """The top candidates by the full sequential protocol on the eval data, until time is up."""
+        self.status["phase"] = "validation"
+        self._log({"event": "phase_start", "phase": "validation"})
+        done = {e["id"]: e["result"] for e in self.journal.of("validate")}
+        top = self.best_entries(self.top_k)
+        for e in top:
+            if e["id"] not in done:
+                self.pool.submit(e["id"], "validate", e["policy"])
+        waiting = {e["id"] for e in top} - set(done)
+        end = self._deadline(1.0)
+        while waiting and time.monotonic() < end:
+            for cid, res in self.pool.wait(min(0.5, max(0.0, end - time.monotonic()))):
+                self._log({"event": "validate", "id": cid, "result": res})
+                done[cid] = res
+                waiting.discard(cid)
+                if self.tracker is not None:
+                    self.tracker.log_validation(cid, {"eval_perplexity": res["perplexity"]})
+            self._update()
+        if waiting:
+            self.pool.abandon()
+        validated = [{"id": e["id"], "policy": e["policy"], "proxy_loss": e["result"]["loss"], **done[e["id"]]}
+                     for e in top if e["id"] in done]
+        if validated:
+            win = min(validated, key=lambda v: v["perplexity"])
+            return Outcome(Policy.from_dict(win["policy"]), win["id"], win["proxy_loss"], win["perplexity"], validated)
+        if top:  # stopped before any validation finished: the best by proxy
+            return Outcome(Policy.from_dict(top[0]["policy"]), top[0]["id"], top[0]["result"]["loss"], None, [])
+        return Outcome(None, None, None, None, [])
+
+
+def _candidate(e: dict) -> Candidate:
+    return Candidate(Policy.from_dict(e["policy"]), e.get("batches"), e.get("tag") or {})
+
+
+def _jsonable(tag: dict) -> dict:
+    try:
+        json.dumps(tag)
+        return tag
+    except TypeError:
+        return {}

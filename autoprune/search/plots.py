@@ -1,0 +1,54 @@
+"""PNG plots of a search: the best policies' per-block ratios and the search's progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_layer_ratios(policies: list[tuple[str, list[float]]], path: Path) -> Path:
+    """One line per (label, block ratios)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, ratios in policies:
+        ax.plot(range(len(ratios)), ratios, marker="o", label=label)
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel("sparsity ratio")
+    ax.set_title("layer-wise sparsity of the best policies")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_progress(entries: list[dict], path: Path) -> Path:
+    """Proxy loss of every full-fidelity candidate in order, per strategy, and the best so far."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ok = [e for e in entries if e["result"]["error"] is None and e.get("fidelity", 1.0) == 1.0]
+    for strategy in sorted({e["strategy"] for e in ok}):
+        pts = [(i, e["result"]["loss"]) for i, e in enumerate(ok) if e["strategy"] == strategy]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, label=strategy)
+    best, curve = float("inf"), []
+    for e in ok:
+        best = min(best, e["result"]["loss"])
+        curve.append(best)
+    ax.plot(range(len(curve)), curve, color="black", label="best so far")
+    ax.set_xlabel("candidate (completion order)")
+    ax.set_ylabel("proxy loss")
+    ax.set_yscale("log")
+    ax.set_title("search progress")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

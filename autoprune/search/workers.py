@@ -1,0 +1,216 @@
+"""Ray workers: each actor loads the model and its calibration statistics once, then evaluates
+many candidates; a ``WorkerPool`` spreads jobs over them, retries the job of a worker that dies
+elsewhere and replaces the worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from autoprune.errors import UserError
+
+# environment a worker needs to find models and data, also on a cluster it joins
+_FORWARDED_ENV = ("AUTOPRUNE_DATA_DIR", "AUTOPRUNE_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker loads once: the model, calibration statistics, proxy and eval windows."""
+
+    model: str
+    calib: str = "tinystories:0-499"
+    calib_windows: int = 64
+    proxy_windows: int = 16
+    eval: str = "tinystories:500-999"
+    eval_windows: int | None = 128
+    seqlen: int = 256
+    batch_size: int = 8
+    objective: str = "kl"
+    gradients: bool = True  # G for metric expressions that use it
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int = 1
+
+
+class ProxyWorker:
+    """The actor body (wrapped by ``ray.remote`` in ``WorkerPool``)."""
+
+    def __init__(self, spec: dict):
+        self.error: str | None = None
+        try:
+            self._setup(WorkerSpec(**spec))
+        except UserError as e:  # reported by ready(); a traceback would hide the one-line cause
+            self.error = str(e)
+
+    def _setup(self, spec: WorkerSpec) -> None:
+        import torch
+
+        from autoprune.evaluation.proxy import ProxyEvaluator
+        from autoprune.jobs.common import calibration_windows
+        from autoprune.models import load_model
+        from autoprune.pruning.engine import collect_gradients, collect_stats
+
+        torch.set_num_threads(max(1, spec.threads))
+        self.spec = spec
+        self.lm = load_model(spec.model, spec.dtype, spec.device)
+        self.calib = calibration_windows(self.lm.tokenizer, spec.calib, spec.calib_windows, spec.seqlen, spec.seed)
+        stats = collect_stats(self.lm.model, self.calib, hessian=False, batch_size=spec.batch_size, progress=False)
+        if spec.gradients:
+            with torch.enable_grad():
+                stats.grads = collect_gradients(self.lm.model, self.calib, spec.batch_size, progress=False)
+        # proxy windows: a second draw from the calibration set, apart from the statistics' windows
+        proxy = calibration_windows(self.lm.tokenizer, spec.calib, spec.proxy_windows, spec.seqlen, spec.seed + 1)
+        self.evaluator = ProxyEvaluator(self.lm.model, stats, proxy, spec.objective, spec.batch_size)
+        self._eval_windows = None
+
+    def ready(self) -> dict:
+        """{"error"} when set-up failed, else {"pid", "block_sizes", "max_batches"}."""
+        if self.error is not None:
+            return {"error": self.error}
+        from autoprune.models import decoder_blocks, prunable_linears
+
+        _, blocks = decoder_blocks(self.lm.model)
+        sizes = [{n: lin.weight.numel() for n, lin in prunable_linears(b).items()} for b in blocks]
+        return {"error": None, "pid": os.getpid(), "block_sizes": sizes, "max_batches": self.evaluator.max_batches}
+
+    def evaluate(self, policy: dict, batches: int | None = None) -> dict:
+        from autoprune.pruning.policy import Policy
+
+        return asdict(self.evaluator.evaluate(Policy.from_dict(policy), batches))
+
+    def validate(self, policy: dict | None, save_to: str | None = None) -> dict:
+        """Full protocol on a copy of the dense model: sequential pruning with the calibration
+        windows, then perplexity on the eval windows. ``policy`` None measures the dense model."""
+        from autoprune.evaluation import perplexity
+        from autoprune.jobs.common import evaluation_windows
+        from autoprune.pruning.engine import model_sparsity, prune_sequential
+        from autoprune.pruning.policy import Policy
+
+        t0 = time.perf_counter()
+        if self._eval_windows is None:
+            s = self.spec
+            self._eval_windows = evaluation_windows(self.lm.tokenizer, s.eval, s.seqlen, s.eval_windows)
+        model = copy.deepcopy(self.lm.model)
+        ratios: list[float] = []
+        if policy is not None:
+            ratios = prune_sequential(model, Policy.from_dict(policy), self.calib, self.spec.batch_size,
+                                      progress=False).block_ratios
+        res = perplexity(model, self._eval_windows, self.spec.batch_size)
+        if save_to is not None:
+            Path(save_to).mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(save_to)
+            self.lm.tokenizer.save_pretrained(save_to)
+        return {"perplexity": res.perplexity, "tokens": res.tokens, "sparsity": model_sparsity(model)[0],
+                "block_ratios": [float(r) for r in ratios], "seconds": time.perf_counter() - t0}
+
+
+@dataclass
+class Job:
+    key: object  # the caller's handle for this job
+    method: str  # "evaluate" or "validate"
+    args: tuple
+    attempts: int = 0
+
+
+class WorkerPool:
+    """``n`` ``ProxyWorker`` actors; ``submit`` jobs, ``wait`` for finished ones.
+
+    A worker that dies (killed, out of memory, node lost) is replaced by a new actor and its
+    job goes back to the front of the queue, up to ``max_attempts`` times.
+    """
+
+    def __init__(self, spec: WorkerSpec, n: int, cpus: float = 1, gpus: float = 0, max_attempts: int = 3):
+        import ray
+
+        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        self._cls = ray.remote(ProxyWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0,
+                                                     runtime_env={"env_vars": env} if env else None)
+        self.spec = spec
+        self.max_attempts = max_attempts
+        self.queue: deque[Job] = deque()
+        self.running: dict = {}  # object ref -> (actor, job)
+        self.replaced = 0
+        self.retried = 0
+        self.actors = [self._cls.remote(asdict(spec)) for _ in range(n)]
+        self.idle = list(self.actors)
+        infos = ray.get([a.ready.remote() for a in self.actors])
+        errors = [i["error"] for i in infos if i["error"]]
+        if errors:
+            raise UserError(errors[0])
+        self.info = infos[0]
+        self.pids = [i["pid"] for i in infos]
+
+    @property
+    def busy(self) -> int:
+        return len(self.running)
+
+    @property
+    def free(self) -> int:
+        """Workers with nothing running and nothing queued for them."""
+        return max(0, len(self.idle) - len(self.queue))
+
+    def submit(self, key, method: str, *args) -> None:
+        self.queue.append(Job(key, method, args))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.queue and self.idle:
+            job, actor = self.queue.popleft(), self.idle.pop(0)
+            job.attempts += 1
+            self.running[getattr(actor, job.method).remote(*job.args)] = (actor, job)
+
+    def wait(self, timeout: float) -> list[tuple[object, dict]]:
+        """(key, result) of the jobs finished within ``timeout`` seconds (maybe none)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if not self.running:
+            return []
+        ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=max(0.0, timeout))
+        done = []
+        for ref in ready:
+            actor, job = self.running.pop(ref)
+            try:
+                done.append((job.key, ray.get(ref)))
+                self.idle.append(actor)
+            except RayActorError:
+                self._replace(actor, job)
+        self._dispatch()
+        return done
+
+    def _replace(self, dead, job: Job) -> None:
+        """A new actor for a dead one; its job is retried first (on whichever worker is idle)."""
+        self.replaced += 1
+        fresh = self._cls.remote(asdict(self.spec))
+        self.actors[self.actors.index(dead)] = fresh
+        self.idle.append(fresh)
+        if job.attempts >= self.max_attempts:
+            raise RuntimeError(f"a job failed on {job.attempts} workers in a row; giving up")
+        self.retried += 1
+        self.queue.appendleft(job)
+
+    def abandon(self) -> list[object]:
+        """Forget queued and running jobs (their workers are killed and replaced); their keys."""
+        import ray
+
+        keys = [j.key for j in self.queue] + [job.key for _, job in self.running.values()]
+        self.queue.clear()
+        for ref, (actor, _) in list(self.running.items()):
+            ray.kill(actor)
+            fresh = self._cls.remote(asdict(self.spec))
+            self.actors[self.actors.index(actor)] = fresh
+            self.idle.append(fresh)
+        self.running.clear()
+        return keys
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
