@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    started = time.monotonic()  # the budget counts the start-up too
+    started = _process_start()  # the budget counts the start-up too
     quiet_libraries()
     from autoprune.errors import UserError
     from autoprune.jobs.search import SearchConfig, resume_config, search
@@ -61,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
         res = search(cfg, resume=args.resume, on_update=view.update, started=started)
     view.final(res)
     return 0
+
+
+def _process_start() -> float:
+    """The monotonic clock reading when this process started (interpreter start-up included)."""
+    import psutil
+
+    return time.monotonic() - max(0.0, time.time() - psutil.Process().create_time())
 
 
 class SearchView:

@@ -27,7 +27,7 @@ PROGRESS_FILE = "progress.json"
 TRACKING_FILE = "tracking.json"
 BEST_FILE = "best_policy.json"
 SUMMARY_FILE = "summary.json"
-RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "seed", "budget")
+RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "seed")
 
 
 @dataclass
@@ -104,7 +104,8 @@ class SearchResult:
 
 def resume_config(out: Path, given: dict) -> SearchConfig:
     """The stored config of the search in ``out``; ``given`` options may change how it runs
-    (workers, Ray address, tracking URI, saving the model) but not what it searches."""
+    (budget: the new total, workers, Ray address, tracking URI, saving the model) but not what
+    it searches."""
     stored = Path(out) / CONFIG_FILE
     if not stored.is_file():
         raise UserError(f"{out}: no search to resume (no {CONFIG_FILE})")
@@ -112,7 +113,7 @@ def resume_config(out: Path, given: dict) -> SearchConfig:
     for k, v in given.items():
         if k in RESUMABLE and v != getattr(old, k):
             raise UserError(f"{out} was started with {k.replace('_', '-')}={getattr(old, k)!r}, not {v!r}")
-    keep = {k: v for k, v in given.items() if k in ("workers", "ray_address", "tracking_uri", "save_model")}
+    keep = {k: v for k, v in given.items() if k in ("budget", "workers", "ray_address", "tracking_uri", "save_model")}
     return replace(old, **keep)
 
 
@@ -148,15 +149,21 @@ def ray_temp_dir(out: Path) -> str:
     return f"/tmp/autoprune-ray-{hashlib.sha1(str(d).encode()).hexdigest()[:8]}"
 
 
+def probe_ray(address: str | None) -> None:
+    """A one-line error for a Ray address nothing answers at (``ray.init`` would wait minutes)."""
+    if not address or address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"Ray address {address} is unreachable ({getattr(e, 'strerror', None) or e})") from None
+
+
 def connect_ray(cfg: SearchConfig) -> None:
     import ray
 
-    if cfg.ray_address and cfg.ray_address != "auto" and not cfg.ray_address.startswith("ray://"):
-        host, _, port = cfg.ray_address.rpartition(":")
-        try:
-            socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
-        except (OSError, ValueError) as e:
-            raise UserError(f"Ray address {cfg.ray_address} is unreachable ({getattr(e, 'strerror', None) or e})") from None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if cfg.ray_address:
@@ -174,7 +181,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     from autoprune.search.journal import Journal, read_json, write_json_atomic
     from autoprune.tracking import check_uri
 
-    check_uri(cfg.tracking_uri)  # fail fast, before anything is started
+    check_uri(cfg.tracking_uri)  # fail fast, before anything is written or started
+    probe_ray(cfg.ray_address)
     cfg = prepare_out(cfg, resume)
     out = cfg.out
     held = lock(out)
@@ -201,7 +209,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
                           proxy_windows=cfg.proxy_windows, eval=cfg.eval, eval_windows=cfg.eval_windows,
                           seqlen=cfg.seqlen, batch_size=cfg.batch_size, objective=cfg.objective, seed=cfg.seed,
                           device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)))
-        pool = WorkerPool(spec, cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        pool = WorkerPool(spec, cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker,
+                          forward_env=cfg.ray_address is not None)
         write_json_atomic(out / "workers.json", {"pids": pool.pids})
         base = Policy(metric="wanda", sparsity=cfg.sparsity, pattern=cfg.pattern)
 

@@ -33,6 +33,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "random": ("autoprune.search.random_search:RandomStrategy", "both"),
 }
 PHASES = ("metric", "allocation")
+MIN_VALIDATION = 20.0  # seconds
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
@@ -78,12 +79,9 @@ class Orchestrator:
         self.top_k, self.on_update, self.spaces_dir = top_k, on_update or (lambda s: None), spaces_dir
         self.max_batches = pool.info["max_batches"]
         self.block_sizes = tuple(dict(b) for b in pool.info["block_sizes"])
-        has = {p: any(in_phase(n, p) for n in strategies) for p in PHASES}
-        metric_end = split.metric + (split.allocation if not has["allocation"] else 0.0)
-        alloc_end = split.metric + split.allocation
-        self.ends = {"metric": metric_end if has["metric"] else 0.0, "allocation": alloc_end}
+        self.split = split
         # seconds left at the end to write results and stop the workers
-        self.finish_reserve = 7.0 + 0.01 * budget.total if finish_reserve is None else finish_reserve
+        self.finish_reserve = 8.0 + 0.01 * budget.total if finish_reserve is None else finish_reserve
         self.origin = budget.elapsed
         self.cost = 0.0  # moving estimate of seconds per candidate (wall, including dispatch)
         self.cache: dict[str, dict] = {}  # policy + fidelity -> result, so nothing is evaluated twice
@@ -151,8 +149,25 @@ class Orchestrator:
         usable = self.budget.total - self.finish_reserve - self.origin
         return self.budget.at((self.origin + fraction * usable) / self.budget.total)
 
+    def _plan(self) -> dict[str, float]:
+        """Fractions of the usable time at which the metric and allocation phases end.
+
+        Validation gets its share of the split, but at least ``MIN_VALIDATION`` seconds when
+        that is under 40% of the time left: one full validation costs seconds, not a fraction.
+        """
+        usable = max(1e-9, self.budget.total - self.finish_reserve - self.origin)
+        val = max(self.split.validation, min(0.4, MIN_VALIDATION / usable))
+        searched = 1.0 - val
+        has = {p: any(in_phase(n, p) for n in self.names) for p in PHASES}
+        share = {"metric": self.split.metric if has["metric"] else 0.0,
+                 "allocation": self.split.allocation if has["allocation"] else 0.0}
+        total = sum(share.values()) or 1.0
+        metric_end = searched * share["metric"] / total
+        return {"metric": metric_end, "allocation": searched}
+
     def run(self) -> Outcome:
         self.origin = self.budget.elapsed
+        self.ends = self._plan()
         ended = {e["phase"] for e in self.journal.of("phase_end")}
         for phase in PHASES:
             if phase in ended or not any(in_phase(n, phase) for n in self.names):

@@ -125,10 +125,12 @@ class WorkerPool:
     job goes back to the front of the queue, up to ``max_attempts`` times.
     """
 
-    def __init__(self, spec: WorkerSpec, n: int, cpus: float = 1, gpus: float = 0, max_attempts: int = 3):
+    def __init__(self, spec: WorkerSpec, n: int, cpus: float = 1, gpus: float = 0, max_attempts: int = 3,
+                 forward_env: bool = False):
         import ray
 
-        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        # a local cluster inherits this process's environment; a joined one is told it
+        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ} if forward_env else {}
         self._cls = ray.remote(ProxyWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0,
                                                      runtime_env={"env_vars": env} if env else None)
         self.spec = spec

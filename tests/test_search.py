@@ -1,0 +1,158 @@
+"""``autoprune search`` end to end on the real model with real Ray workers and MLflow:
+a search killed with SIGKILL, resumed, a worker killed in the resumed run; the leaderboard
+and the MLflow UI's REST API on the same store; bad input as one line with nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from autoprune.pruning.policy import Policy
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "autoprune.cli"]
+SMALL = ["--model", "stories260K", "--sparsity", "0.5", "--strategies", "random", "--workers", "1",
+         "--calib-windows", "16", "--proxy-windows", "8", "--eval-windows", "16", "--top-k", "2"]
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(CLI + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _results(journal: Path) -> dict[int, dict]:
+    out = {}
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if e["event"] == "result":
+                out[e["id"]] = e["result"]
+    return out
+
+
+def _wait_for(cond, timeout: float, proc: subprocess.Popen) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("search")
+    out = cwd / "runs" / "s"
+    journal = out / "journal.jsonl"
+    first = _start(["search", *SMALL, "--budget", "120s", "--out", "runs/s"], cwd)
+    _wait_for(lambda: len(_results(journal)) >= 3, 150, first)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started, mid-search
+    first.wait()
+    before = _results(journal)
+    old_pids = json.loads((out / "workers.json").read_text())["pids"]
+
+    resumed = _start(["search", "--resume", "--out", "runs/s"], cwd)
+    _wait_for(lambda: len(_results(journal)) > len(before)
+              and json.loads((out / "workers.json").read_text())["pids"] != old_pids, 150, resumed)
+    os.kill(json.loads((out / "workers.json").read_text())["pids"][0], signal.SIGKILL)  # busy: mid-candidate
+    text, _ = resumed.communicate(timeout=200)
+    return {"cwd": cwd, "out": out, "before": before, "rc": resumed.returncode, "text": text}
+
+
+def test_resume_keeps_every_completed_candidate_and_finishes(scenario):
+    assert scenario["rc"] == 0, scenario["text"]
+    after = _results(scenario["out"] / "journal.jsonl")
+    for cid, res in scenario["before"].items():
+        assert json.dumps(after[cid]) == json.dumps(res)
+    assert len(after) > len(scenario["before"])
+    policy = Policy.load(scenario["out"] / "best_policy.json")
+    assert policy.sparsity == 0.5 and policy.meta["candidate"] in after
+    summary = json.loads((scenario["out"] / "summary.json").read_text())
+    if summary["validated"]:  # the best by held-out perplexity among the validated
+        assert summary["best_eval_perplexity"] == min(v["perplexity"] for v in summary["validated"])
+    else:  # stopped before validation: the best by proxy loss
+        assert summary["best_proxy_loss"] == min(r["loss"] for r in after.values())
+
+
+def test_killed_worker_is_replaced(scenario):
+    summary = json.loads((scenario["out"] / "summary.json").read_text())
+    assert summary["pool"]["replaced"] >= 1
+
+
+def test_every_candidate_is_in_mlflow_once(scenario):
+    from autoprune.tracking import Tracker
+
+    track = json.loads((scenario["out"] / "tracking.json").read_text())
+    os.chdir(scenario["cwd"])  # the default store is relative to where the search ran
+    t = Tracker(track["uri"], track["experiment"], track["parent_run_id"])
+    runs = t.client.search_runs([t.experiment_id], f"tags.`mlflow.parentRunId` = '{track['parent_run_id']}'")
+    ids = [int(r.data.tags["autoprune.candidate"]) for r in runs]
+    assert sorted(ids) == sorted(_results(scenario["out"] / "journal.jsonl"))
+
+
+def test_leaderboard_lists_the_search(scenario):
+    p = subprocess.run(CLI + ["leaderboard", "--experiment", "s"], cwd=scenario["cwd"], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr
+    assert "proxy loss" in p.stdout and "random" in p.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_runs_over_rest(scenario):
+    port = _free_port()
+    ui = _start(["ui", "--port", str(port)], scenario["cwd"])
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        end = time.monotonic() + 90
+        while True:
+            try:
+                q = urllib.parse.urlencode({"experiment_name": "autoprune/s"})
+                exp = json.load(urllib.request.urlopen(f"{base}/experiments/get-by-name?{q}", timeout=5))
+                break
+            except OSError:
+                assert ui.poll() is None and time.monotonic() < end
+                time.sleep(0.5)
+        body = json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 1000}).encode()
+        req = urllib.request.Request(f"{base}/runs/search", body, {"Content-Type": "application/json"})
+        runs = json.load(urllib.request.urlopen(req, timeout=30))["runs"]
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+    assert len(runs) == len(_results(scenario["out"] / "journal.jsonl")) + 1  # candidates + the search
+
+
+def _one_line_error(args: list[str], cwd: Path, match: str) -> None:
+    p = subprocess.run(CLI + args, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and match in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_bad_input_is_one_line_and_loses_nothing(scenario):
+    cwd, journal = scenario["cwd"], scenario["out"] / "journal.jsonl"
+    kept = journal.read_bytes()
+    _one_line_error(["search", *SMALL, "--budget", "5 minutes", "--out", "runs/t"], cwd, "malformed budget")
+    _one_line_error(["search", *SMALL, "--budget", "30s", "--out", "runs/s"], cwd, "holds a search already")
+    _one_line_error(["search", "--resume", "--out", "runs/s", "--tracking-uri", "http://127.0.0.1:9"], cwd,
+                    "unreachable")
+    _one_line_error(["search", "--resume", "--out", "runs/s", "--ray-address", "127.0.0.1:9"], cwd, "unreachable")
+    _one_line_error(["search", "--resume", "--out", "runs/s", "--sparsity", "0.7"], cwd, "was started with")
+    _one_line_error(["search", "--resume", "--out", "runs/s"], cwd, "has finished")
+    assert journal.read_bytes() == kept
+    assert not (cwd / "runs" / "t").exists()
