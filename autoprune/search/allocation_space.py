@@ -102,15 +102,14 @@ def project(raw: list[float], sizes: list[int], target: float, bounds: tuple[flo
     left = total - int(counts.sum())
     frac = r * w - counts
     order = np.argsort(-frac if left > 0 else frac, kind="stable")
-    for i in order:  # hand the rounding remainder to the linears closest to the next count
-        if left == 0:
-            break
-        step = 1 if left > 0 else -1
-        if (room_up[i] if step > 0 else room_down[i]) > 0:
-            counts[i] += step
-            left -= step
-    if left:
-        raise UserError(f"per-layer bounds [{lo:g}, {hi:g}] cannot meet the target sparsity {target:g}")
+    step = 1 if left > 0 else -1
+    room = room_up if step > 0 else room_down
+    while left:  # hand the rounding remainder out one weight at a time, nearest the next count first
+        for i in order:
+            if left and room[i] > 0:
+                counts[i] += step
+                room[i] -= 1
+                left -= step
     return counts.tolist()
 
 

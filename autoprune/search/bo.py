@@ -82,10 +82,12 @@ class BOStrategy(Strategy):
         kind = optuna.samplers.GPSampler if cfg.sampler == "gp" else optuna.samplers.TPESampler
         sampler = kind(seed=context.seed, n_startup_trials=cfg.n_startup_trials)
         pruner = optuna.pruners.PercentilePruner(cfg.prune_percentile, n_startup_trials=cfg.n_startup_trials)
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             self.study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=sampler,
                                              pruner=pruner, direction="minimize", load_if_exists=True)
-        except (ValueError, ImportError) as e:
+        except (ValueError, ImportError, SQLAlchemyError) as e:
             raise UserError(f"cannot open Optuna storage {self.storage}: {e}") from None
         self._requeue_stale()
         self._trials: dict[int, object] = {}  # trial number -> optuna Trial in flight

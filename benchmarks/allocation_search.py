@@ -1,0 +1,119 @@
+"""BO and RL allocation search against the uniform and OWL allocations, full sequential protocol.
+
+For each target sparsity: one-shot Wanda statistics on 64 calibration windows (256 tokens,
+tinystories:0-499, seed 0), a KL-to-dense proxy on 16 other windows of tinystories:0-499
+(seed 1), ratio candidates by cached score orders. BO (Optuna) and RL (stable-baselines3)
+search on the proxy only; each allocation found, and the baselines, is then pruned with
+``prune_sequential`` on a fresh copy of the dense model and scored by perplexity on every
+256-token window of tinystories:500-999.
+
+    python benchmarks/allocation_search.py --sparsity 0.5 0.7 --bo-trials 60 --rl-episodes 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from autoprune.evaluation.block_damage import BlockDamage
+from autoprune.evaluation.perplexity import perplexity
+from autoprune.evaluation.proxy import ProxyEvaluator
+from autoprune.evaluation.ratio_proxy import RatioProxy
+from autoprune.jobs.common import calibration_windows, evaluation_windows
+from autoprune.models import load_model
+from autoprune.pruning.engine import collect_stats, prune_sequential
+from autoprune.pruning.policy import Policy
+from autoprune.search.base import SearchContext, Strategy
+from autoprune.search.bo import BOStrategy
+from autoprune.search.rl import RLStrategy
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def drive(strategy: Strategy, proxy: RatioProxy, limit: int, desc: str) -> tuple[int, float]:
+    """Evaluate what ``strategy`` asks for until it is done; (proxy evaluations, seconds)."""
+    t0, n = time.perf_counter(), 0
+    with tqdm(total=limit, desc=desc, leave=False) as bar:
+        while not strategy.done() and n < limit:
+            cands = strategy.ask(1)
+            if not cands:
+                break
+            for c in cands:
+                strategy.tell(c, proxy.evaluate(c.policy, c.batches))
+            n += len(cands)
+            bar.update(len(cands))
+    return n, time.perf_counter() - t0
+
+
+def final_ppl(dense: torch.nn.Module, policy: Policy, calib: torch.Tensor, heldout: torch.Tensor) -> tuple[float, float]:
+    model = copy.deepcopy(dense)
+    report = prune_sequential(model, policy, calib, progress=False)
+    return perplexity(model, heldout).perplexity, report.sparsity
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.7])
+    ap.add_argument("--space", default="per_block", help="allocation space for BO (search_spaces/allocation.yaml)")
+    ap.add_argument("--sampler", default="tpe", choices=["tpe", "gp"])
+    ap.add_argument("--bo-trials", type=int, default=60)
+    ap.add_argument("--rl-episodes", type=int, default=120)
+    ap.add_argument("--rl-algorithm", default="ppo", choices=["ppo", "sac", "ddpg"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared CPU)")
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+
+    lm = load_model("stories260K", dtype="float32", device="cpu")
+    calib = calibration_windows(lm.tokenizer, "tinystories:0-499", 64, 256, 0)
+    proxy_windows = calibration_windows(lm.tokenizer, "tinystories:0-499", 16, 256, 1)
+    heldout = evaluation_windows(lm.tokenizer, "tinystories:500-999", 256)
+    dense = lm.model
+    stats = collect_stats(dense, calib, progress=False)
+    evaluator = ProxyEvaluator(copy.deepcopy(dense), stats, proxy_windows)
+    rows = []
+    for s in args.sparsity:
+        base = Policy.from_method("wanda", s)
+        proxy = RatioProxy(evaluator, base)
+        sizes = tuple({n.split(".", 3)[3]: lin.weight.numel() for n, lin in blk.items()} for blk in proxy.blocks)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"alloc-{s:g}-"))
+        ctx = SearchContext(base, sizes, evaluator.max_batches, args.seed, run_dir)
+        found = {"uniform": (base, 1, 0.0), "owl": (Policy.from_method("wanda", s, allocation="owl"), 1, 0.0)}
+
+        bo_space = {**yaml.safe_load((SPACES / "bo.yaml").read_text()), "allocation": args.space,
+                    "sampler": args.sampler, "n_trials": args.bo_trials}
+        bo = BOStrategy(ctx, bo_space)
+        n, sec = drive(bo, proxy, 10 * args.bo_trials, f"BO {s:g}")
+        found[f"BO ({args.sampler}, {args.space})"] = (bo.best()[0], n, sec)
+
+        rl_space = {**yaml.safe_load((SPACES / "rl.yaml").read_text()), "episodes": args.rl_episodes,
+                    "algorithm": args.rl_algorithm}
+        t0 = time.perf_counter()
+        rl = RLStrategy(ctx, rl_space, damage=BlockDamage(proxy, proxy_windows[:8]))
+        n, sec = drive(rl, proxy, args.rl_episodes, f"RL {s:g}")
+        found[f"RL ({args.rl_algorithm}, per block)"] = (rl.best()[0], n, time.perf_counter() - t0)
+
+        for name, (policy, n, sec) in found.items():
+            kl = proxy.evaluate(policy).loss
+            ppl, achieved = final_ppl(dense, policy, calib, heldout)
+            ratios = policy.block_ratios or ()
+            rows.append((f"{s:g}", name, n, sec, kl, ppl, achieved, " ".join(f"{r:.2f}" for r in ratios)))
+
+    print(f"\nstories260K, Wanda, proxy: KL on 16x256 windows of tinystories:0-499; "
+          f"ppl: sequential protocol, {len(heldout)}x256 windows of tinystories:500-999")
+    head = f"{'sparsity':>8}  {'allocation':<26} {'candidates':>10} {'search s':>9} {'proxy KL':>9} {'ppl':>8} {'achieved':>9}  block ratios"
+    print(head + "\n" + "-" * len(head))
+    for s, name, n, sec, kl, ppl, achieved, ratios in rows:
+        print(f"{s:>8}  {name:<26} {n:>10} {sec:>9.1f} {kl:>9.4f} {ppl:>8.2f} {achieved:>9.5f}  {ratios}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""BOStrategy: Optuna ask/tell, multi-fidelity pruning, resuming an interrupted study from storage."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoprune.errors import UserError
+from autoprune.evaluation.proxy import ProxyEvaluator, ProxyResult
+from autoprune.evaluation.ratio_proxy import RatioProxy
+from autoprune.pruning.engine import collect_stats
+from autoprune.pruning.policy import Policy
+from autoprune.search.allocation_space import allocation_sparsity
+from autoprune.search.base import SearchContext, run_serial
+from autoprune.search.bo import BOStrategy
+
+SIZES = tuple({"self_attn.q_proj": 4096, "mlp.up_proj": 11008} for _ in range(4))
+GOAL = (0.45, 0.55, 0.75, 0.65)  # the allocation the synthetic objective prefers
+
+
+def bowl(policy: Policy, batches: int) -> ProxyResult:
+    """A smooth objective over block ratios, noisier at low fidelity (a stand-in for the model)."""
+    loss = sum((r - g) ** 2 for r, g in zip(policy.block_ratios, GOAL)) + 0.05 * (sum(policy.block_ratios) % 0.1) / batches
+    return ProxyResult(loss, policy.sparsity, 0.0, 100 * batches)
+
+
+def context(run_dir: Path) -> SearchContext:
+    return SearchContext(Policy(sparsity=0.6), SIZES, max_batches=4, seed=0, run_dir=run_dir)
+
+
+def space(**kw) -> dict:
+    return {"allocation": "per_block", "n_trials": 12, "n_startup_trials": 4, "fidelities": [1, None], **kw}
+
+
+def evaluate(cands):
+    return [bowl(c.policy, c.batches) for c in cands]
+
+
+def test_bo_improves_on_uniform_and_meets_the_target(tmp_path):
+    bo = BOStrategy(context(tmp_path), space(n_trials=25, fidelities=[]))
+    seen = []
+    run_serial(bo, lambda cs: seen.extend(cs) or evaluate(cs), 1000)
+    assert bo.done() and bo.finished() == 25
+    assert (tmp_path / "optuna.db").exists()
+    assert seen[0].policy.block_ratios == pytest.approx([0.6] * 4, abs=1e-4)  # the uniform baseline first
+    for c in seen:
+        assert round(allocation_sparsity(c.policy, SIZES) * sum(sum(b.values()) for b in SIZES)) == round(0.6 * 4 * 15104)
+    policy, loss = bo.best()
+    assert loss < bowl(seen[0].policy, 4).loss / 2
+
+
+def test_weak_trials_are_pruned_at_low_fidelity(tmp_path):
+    bo = BOStrategy(context(tmp_path), space(n_trials=30, fidelities=[1, 4]))
+    seen = []
+    run_serial(bo, lambda cs: seen.extend(cs) or evaluate(cs), 1000)
+    trials = bo.study.get_trials()
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and len(pruned) + len(complete) == 30
+    assert all(list(t.intermediate_values) == [1] for t in pruned)
+    assert sum(c.batches == 4 for c in seen) == len(complete)
+
+
+def test_gp_sampler(tmp_path):
+    bo = BOStrategy(context(tmp_path), space(sampler="gp", n_trials=6, n_startup_trials=3, fidelities=[]))
+    run_serial(bo, evaluate, 100)
+    assert isinstance(bo.study.sampler, optuna.samplers.GPSampler) and bo.finished() == 6
+
+
+INTERRUPTED = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_bo import BOStrategy, context, space, bowl
+from pathlib import Path
+bo = BOStrategy(context(Path({run_dir!r})), space(n_trials=12))
+told = 0
+while True:
+    cand = bo.ask(1)[0]
+    if told == 7:
+        os.kill(os.getpid(), signal.SIGKILL)  # dies with this candidate in flight
+    bo.tell(cand, bowl(cand.policy, cand.batches))
+    told += 1
+"""
+
+
+def test_interrupted_bo_resumes_without_losing_completed_trials(tmp_path):
+    script = INTERRUPTED.format(tests=str(Path(__file__).parent), run_dir=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    name = optuna.get_all_study_names(storage)[0]
+    before = optuna.load_study(study_name=name, storage=storage).get_trials()
+    finished = {t.number: (t.state, t.value) for t in before if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    running = [t for t in before if t.state == TrialState.RUNNING]
+    assert finished and running
+
+    bo = BOStrategy(context(tmp_path), space(n_trials=12))
+    assert bo.study_name == name and bo.finished() == len(finished)
+    first = bo.ask(1)[0]
+    assert all(first.tag["trial"] != t.number for t in running)
+    assert first.policy == bo.config.allocation.decode(running[0].params, Policy(sparsity=0.6), SIZES)
+    bo.tell(first, bowl(first.policy, first.batches))
+    run_serial(bo, evaluate, 1000)
+    after = {t.number: t for t in bo.study.get_trials()}
+    for number, (state, value) in finished.items():
+        assert (after[number].state, after[number].value) == (state, value)
+    assert all(after[t.number].state == TrialState.FAIL for t in running)
+    assert bo.finished() == 12 and bo.done()
+
+
+def test_bad_input(tmp_path):
+    ctx = context(tmp_path)
+    with pytest.raises(UserError, match="unknown sampler 'cmaes'"):
+        BOStrategy(ctx, space(sampler="cmaes"))
+    with pytest.raises(UserError, match="unknown keys colour"):
+        BOStrategy(ctx, space(colour="red"))
+    with pytest.raises(UserError, match="unknown allocation space 'nope'"):
+        BOStrategy(ctx, space(allocation="nope"))
+    with pytest.raises(UserError, match="fidelities must be increasing"):
+        BOStrategy(ctx, space(fidelities=[4, 1]))
+    with pytest.raises(UserError, match="cannot open Optuna storage"):
+        BOStrategy(ctx, space(storage="nosuchdb://x"))
+    with pytest.raises(UserError, match="cannot meet the target"):
+        bo = BOStrategy(ctx, space(allocation={"kind": "per_block", "bounds": [0.0, 0.5]}))
+        bo.ask(1)
+
+
+def test_bo_on_the_real_proxy(stories, calib, tmp_path):
+    model = copy.deepcopy(stories.model)
+    evaluator = ProxyEvaluator(model, collect_stats(model, calib, progress=False), calib[:8])
+    base = Policy.from_method("wanda", 0.7)
+    proxy = RatioProxy(evaluator, base)
+    sizes = tuple({n.split(".", 3)[3]: lin.weight.numel() for n, lin in blk.items()} for blk in proxy.blocks)
+    ctx = SearchContext(base, sizes, evaluator.max_batches, 0, tmp_path)
+    bo = BOStrategy(ctx, {"allocation": "per_block", "n_trials": 8, "n_startup_trials": 4, "fidelities": []})
+    results = []
+
+    def run(cands):
+        out = [proxy.evaluate(c.policy, c.batches) for c in cands]
+        results.extend(out)
+        return out
+
+    run_serial(bo, run, 100)
+    assert all(r.ok and r.sparsity == pytest.approx(0.7, abs=1e-6) for r in results)
+    policy, loss = bo.best()
+    assert loss <= proxy.evaluate(base).loss

@@ -1,0 +1,140 @@
+"""The allocation environment (check_env, budget by construction, block damage) and RLStrategy."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune.errors import UserError
+from autoprune.evaluation.block_damage import BlockDamage
+from autoprune.evaluation.proxy import ProxyEvaluator
+from autoprune.evaluation.ratio_proxy import RatioProxy
+from autoprune.models.layers import decoder_blocks
+from autoprune.pruning.engine import apply_policy, collect_stats
+from autoprune.pruning.policy import Policy
+from autoprune.search.allocation_space import allocation_sparsity
+from autoprune.search.base import SearchContext, run_serial
+from autoprune.search.rl import RLStrategy
+from autoprune.search.rl_env import AllocationEnv, make_units
+
+BASE = Policy.from_method("wanda", 0.6)
+
+
+@pytest.fixture(scope="module")
+def proxy(stories, calib):
+    model = copy.deepcopy(stories.model)
+    evaluator = ProxyEvaluator(model, collect_stats(model, calib, progress=False), calib[:8])
+    return RatioProxy(evaluator, BASE)
+
+
+@pytest.fixture(scope="module")
+def damage(proxy, calib):
+    return BlockDamage(proxy, calib[:4])
+
+
+def sizes_of(proxy):
+    return tuple({n.split(".", 3)[3]: lin.weight.numel() for n, lin in blk.items()} for blk in proxy.blocks)
+
+
+def make_env(proxy, damage, unit="block"):
+    sizes = sizes_of(proxy)
+    return AllocationEnv(BASE, sizes, make_units(sizes, unit), lambda p: proxy.evaluate(p).loss, damage)
+
+
+def test_check_env(proxy, damage):
+    from gymnasium.utils.env_checker import check_env as gym_check
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    env = make_env(proxy, damage)
+    gym_check(env, skip_render_check=True)
+    sb3_check(env, warn=True)
+
+
+@pytest.mark.parametrize("unit", ["block", "linear"])
+def test_budget_holds_by_construction(proxy, damage, unit):
+    env = make_env(proxy, damage, unit)
+    sizes = sizes_of(proxy)
+    total = sum(sum(b.values()) for b in sizes)
+    rng = np.random.default_rng(0)
+    for actions in ([1.0] * 40, [-1.0] * 40, rng.uniform(-1, 1, 40)):
+        obs, _ = env.reset()
+        done, t = False, 0
+        while not done:
+            obs, reward, done, _, info = env.step(np.array([actions[t]], dtype=np.float32))
+            assert np.isfinite(reward) and env.observation_space.contains(obs)
+            t += 1
+        assert t == len(env.units) and np.isfinite(info["loss"])
+        assert all(0.0 <= r <= 0.95 + 1e-9 for r in env.ratios)
+        assert np.dot(env.ratios, env.sizes) == pytest.approx(0.6 * total)
+        assert round(allocation_sparsity(env.last_policy, sizes) * total) == round(0.6 * total)
+
+
+def test_block_damage_adds_up_to_the_error_of_the_pruned_model(proxy, damage, calib):
+    env = make_env(proxy, damage)
+    env.reset()
+    damages, done = [], False
+    for a in (0.5, -0.3, 0.9, -1.0, 0.0):
+        _, _, done, _, info = env.step(np.array([a], dtype=np.float32))
+        damages.append(info["damage"])
+    assert done and all(d > 0 for d in damages[:4])
+    # independently: the engine prunes a copy one-shot, and the last block's outputs are compared
+    model = copy.deepcopy(proxy.evaluator.model)
+    proxy.evaluator.restore()
+    _, blocks = decoder_blocks(model)
+    dense_out, pruned_out = [], []
+    for store, policy in ((dense_out, None), (pruned_out, env.ratios)):
+        if policy is not None:
+            apply_policy(model, Policy(sparsity=0.6, allocation="explicit", block_ratios=policy), proxy.evaluator.stats)
+        h = blocks[-1].register_forward_hook(lambda _m, _i, out, s=store: s.append(out[0] if isinstance(out, tuple) else out))
+        with torch.no_grad():
+            for batch in calib[:4].split(8):
+                model(batch, use_cache=False)
+        h.remove()
+    err = sum(((p - d) ** 2).sum() for p, d in zip(pruned_out, dense_out)) / sum((d ** 2).sum() for d in dense_out)
+    assert sum(damages) == pytest.approx(err.item(), rel=1e-4)
+    env.reset()
+    assert damage.step(env.units[0], 0.0) == 0.0
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "sac"])
+def test_rl_strategy_searches_and_leaves_the_model_dense(proxy, damage, tmp_path, algorithm):
+    dense = {n: lin.weight.clone() for n, lin in proxy.evaluator.linears.items()}
+    sizes = sizes_of(proxy)
+    ctx = SearchContext(BASE, sizes, proxy.evaluator.max_batches, 0, tmp_path)
+    rl = RLStrategy(ctx, {"algorithm": algorithm, "episodes": 12}, damage=damage)
+    results = []
+
+    def evaluate(cands):
+        out = [proxy.evaluate(c.policy, c.batches) for c in cands]
+        results.extend(out)
+        return out
+
+    assert run_serial(rl, evaluate, 100) == 12 and rl.done() and rl.ask(1) == []
+    assert all(r.ok and r.sparsity == pytest.approx(0.6, abs=1e-6) for r in results)
+    policy, loss = rl.best()
+    assert loss == min(r.loss for r in results) and len(rl.history) == 12
+    assert all(torch.equal(dense[n], lin.weight) for n, lin in proxy.evaluator.linears.items())
+
+
+def test_final_reward_only_without_a_damage_oracle(proxy, tmp_path):
+    ctx = SearchContext(BASE, sizes_of(proxy), proxy.evaluator.max_batches, 0, tmp_path)
+    rl = RLStrategy(ctx, {"episodes": 3, "unit": "linear"})
+    assert run_serial(rl, lambda cs: [proxy.evaluate(c.policy) for c in cs], 10) == 3
+    assert rl.env.features.shape == (35, 0) and rl.best() is not None
+
+
+def test_bad_input(proxy, tmp_path):
+    ctx = SearchContext(BASE, sizes_of(proxy), 1, 0, tmp_path)
+    with pytest.raises(UserError, match="unknown algorithm 'a2c'"):
+        RLStrategy(ctx, {"algorithm": "a2c"})
+    with pytest.raises(UserError, match="unknown keys gamma"):
+        RLStrategy(ctx, {"gamma": 0.9})
+    with pytest.raises(UserError, match="unknown RL unit 'head'"):
+        RLStrategy(ctx, {"unit": "head"})
+    with pytest.raises(UserError, match="invalid agent arguments"):
+        RLStrategy(ctx, {"agent": {"no_such_argument": 1}})
+    with pytest.raises(UserError, match=r"bounds \[0, 0.5\] cannot meet the target sparsity 0.6"):
+        RLStrategy(ctx, {"bounds": [0.0, 0.5]})
