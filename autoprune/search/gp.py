@@ -46,6 +46,7 @@ class GPSpace:
     seeds: list[str] = field(default_factory=list)
     low_batches: int = 1
     promote: int = 2
+    novelty_retries: int = 3  # times a child that repeats a known metric is mutated again
 
     def __post_init__(self) -> None:
         for name, allowed in (("unary", UNARY), ("binary", BINARY), ("terminals", TERMINALS)):
@@ -130,7 +131,8 @@ class GPStrategy(Strategy):
         self.population: list[Expr] = []
         self.low: dict[str, float] = {}  # rank key -> low-fidelity proxy loss
         self.high: dict[str, float] = {}  # rank key -> full-fidelity proxy loss
-        self.counts = {"proposed": 0, "evaluated": 0, "cache_hits": 0, "degenerate": 0, "mask_hits": 0, "promoted": 0}
+        self.counts = {"proposed": 0, "evaluated": 0, "cache_hits": 0, "degenerate": 0, "mask_hits": 0, "promoted": 0,
+                       "remutated": 0}
         self.history: list[dict] = []  # per evaluation: key, fidelity, loss, candidates proposed so far
         self._queue: list[tuple[str, str]] = []  # (key, fidelity) to ask
         self._inflight: set[tuple[str, str]] = set()
@@ -140,7 +142,7 @@ class GPStrategy(Strategy):
             missing = {n.op for n in _nodes(e)} - set(pset.mapping) - {"const"}
             if missing:
                 raise UserError(f"gp seed {x!r} uses {', '.join(sorted(missing))}, not in the primitive set")
-        self._start(seeds + self._random_trees(s.population - len(seeds)))
+        self._start(seeds + self.random_trees(s.population - len(seeds)))
 
     # --- trees <-> DEAP ---------------------------------------------------------------------
     def _to_deap(self, e: Expr):
@@ -184,7 +186,8 @@ class GPStrategy(Strategy):
             self._rng.setstate(random.getstate())
             random.setstate(outer)
 
-    def _random_trees(self, n: int) -> list[Expr]:
+    def random_trees(self, n: int) -> list[Expr]:
+        """``n`` ramped half-and-half trees from the primitive set (this strategy's random stream)."""
         return [self._from_deap(self._with_rng(self.tb.expr)) for _ in range(max(n, 0))]
 
     # --- generations ------------------------------------------------------------------------
@@ -231,11 +234,23 @@ class GPStrategy(Strategy):
         for i in range(1, len(offspring), 2):
             if self._rng.random() < s.crossover:
                 offspring[i - 1], offspring[i] = self._with_rng(self.tb.mate, offspring[i - 1], offspring[i])
+        known = {str(rank_form(e)) for e in elite} | set(self.low)
         for i, child in enumerate(offspring):
             if self._rng.random() < s.mutation:
-                op = self.tb.mutate_subtree if self._rng.random() < 0.5 else self.tb.mutate_node
-                offspring[i] = self._with_rng(op, child)[0]
+                child = self._mutate(child)
+            for _ in range(s.novelty_retries):  # a known metric is mutated again, to keep the search exploring
+                key = str(rank_form(self._from_deap(child)))
+                if key not in known:
+                    break
+                self.counts["remutated"] += 1
+                child = self._mutate(child)
+            known.add(str(rank_form(self._from_deap(child))))
+            offspring[i] = child
         self._start(elite + [self._from_deap(c) for c in offspring])
+
+    def _mutate(self, child):
+        op = self.tb.mutate_subtree if self._rng.random() < 0.5 else self.tb.mutate_node
+        return self._with_rng(op, self._to_deap(self._from_deap(child)))[0]
 
     def _advance(self) -> None:
         while not self._queue and not self._inflight and not self.done():
