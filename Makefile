@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/autoprune prune --model stories260K --method wanda --sparsity 0.5 \
-		--calib tinystories:0-499 --calib-windows 64 --seqlen 256 \
-		--eval tinystories:500-999 --out runs/demo-wanda-50
+	# a 3-minute search (GP over metrics, then BO over layer ratios), then the leaderboard
+	$(VENV)/bin/autoprune search --model stories260K --budget 3m --sparsity 0.5 \
+		--strategies gp,bo --out runs/demo-search-$$(date +%Y%m%d-%H%M%S)
+	$(VENV)/bin/autoprune leaderboard --top 5
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

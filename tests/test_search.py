@@ -92,14 +92,16 @@ def test_killed_worker_is_replaced(scenario):
 
 
 def test_every_candidate_is_in_mlflow_once(scenario):
-    from autoprune.tracking import Tracker
+    from mlflow.tracking import MlflowClient
 
     track = json.loads((scenario["out"] / "tracking.json").read_text())
-    os.chdir(scenario["cwd"])  # the default store is relative to where the search ran
-    t = Tracker(track["uri"], track["experiment"], track["parent_run_id"])
-    runs = t.client.search_runs([t.experiment_id], f"tags.`mlflow.parentRunId` = '{track['parent_run_id']}'")
+    assert track["uri"] == "sqlite:///runs/mlflow.db"  # the default store, relative to where the search ran
+    client = MlflowClient(f"sqlite:///{scenario['cwd']}/runs/mlflow.db")
+    exp = client.get_experiment_by_name(track["experiment"])
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{track['parent_run_id']}'")
     ids = [int(r.data.tags["autoprune.candidate"]) for r in runs]
     assert sorted(ids) == sorted(_results(scenario["out"] / "journal.jsonl"))
+    assert client.get_run(track["parent_run_id"]).info.status == "FINISHED"
 
 
 def test_leaderboard_lists_the_search(scenario):
@@ -138,21 +140,24 @@ def test_ui_serves_the_runs_over_rest(scenario):
     assert len(runs) == len(_results(scenario["out"] / "journal.jsonl")) + 1  # candidates + the search
 
 
-def _one_line_error(args: list[str], cwd: Path, match: str) -> None:
-    p = subprocess.run(CLI + args, cwd=cwd, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and match in p.stderr, p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+def _one_line_error(args: list[str], capsys, match: str) -> None:
+    from autoprune.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_bad_input_is_one_line_and_loses_nothing(scenario):
+def test_bad_input_is_one_line_and_loses_nothing(scenario, capsys, monkeypatch):
     cwd, journal = scenario["cwd"], scenario["out"] / "journal.jsonl"
+    monkeypatch.chdir(cwd)
     kept = journal.read_bytes()
-    _one_line_error(["search", *SMALL, "--budget", "5 minutes", "--out", "runs/t"], cwd, "malformed budget")
-    _one_line_error(["search", *SMALL, "--budget", "30s", "--out", "runs/s"], cwd, "holds a search already")
-    _one_line_error(["search", "--resume", "--out", "runs/s", "--tracking-uri", "http://127.0.0.1:9"], cwd,
+    _one_line_error(["search", *SMALL, "--budget", "5 minutes", "--out", "runs/t"], capsys, "malformed budget")
+    _one_line_error(["search", *SMALL, "--budget", "30s", "--out", "runs/s"], capsys, "holds a search already")
+    _one_line_error(["search", "--resume", "--out", "runs/s", "--tracking-uri", "http://127.0.0.1:9"], capsys,
                     "unreachable")
-    _one_line_error(["search", "--resume", "--out", "runs/s", "--ray-address", "127.0.0.1:9"], cwd, "unreachable")
-    _one_line_error(["search", "--resume", "--out", "runs/s", "--sparsity", "0.7"], cwd, "was started with")
-    _one_line_error(["search", "--resume", "--out", "runs/s"], cwd, "has finished")
+    _one_line_error(["search", "--resume", "--out", "runs/s", "--ray-address", "127.0.0.1:9"], capsys, "unreachable")
+    _one_line_error(["search", "--resume", "--out", "runs/s", "--sparsity", "0.7"], capsys, "was started with")
+    _one_line_error(["search", "--resume", "--out", "runs/s"], capsys, "has finished")
     assert journal.read_bytes() == kept
     assert not (cwd / "runs" / "t").exists()

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -118,28 +119,33 @@ class Orchestrator:
         return self.run_dir / "state" / phase / f"{name}.json"
 
     def _save(self, phase: str, name: str, strategy: Strategy) -> None:
-        write_json_atomic(self._state_path(phase, name), {"seq": self.journal.next_id - 1,
+        """The strategy's state, stamped with the number of journal events it reflects."""
+        write_json_atomic(self._state_path(phase, name), {"events": len(self.journal.events),
                                                           "state": strategy.state_dict()})
 
     def _restore(self, phase: str, strategies: dict[str, Strategy]) -> list[tuple[int, str, Candidate]]:
-        """Load saved states, tell each strategy the results it missed; candidates to rerun."""
+        """Load saved states and tell each strategy the results journalled after its save; the
+        candidates it had asked for that never finished are returned, to be evaluated first."""
         rerun = []
-        results = self.journal.results()
+        results, events = self.journal.results(), self.journal.events
         for name, strat in strategies.items():
             saved = read_json(self._state_path(phase, name))
-            seq = 0
+            pos = 0
             if saved is not None:
                 strat.load_state_dict(saved["state"])
-                seq = saved["seq"]
-            for cid, e in sorted(results.items()):
-                if e["phase"] == phase and e["strategy"] == name and (cid > seq or saved is None):
+                pos = saved["events"]
+            mine = [(i, e) for i, e in enumerate(events) if e["event"] in ("submit", "result")
+                    and (results.get(e["id"]) or e).get("strategy") == name
+                    and (results.get(e["id"]) or e).get("phase") == phase]
+            for i, e in mine:
+                if e["event"] == "result" and i >= pos:
                     try:
-                        strat.tell(_candidate(e), ProxyResult(**e["result"]))
-                    except Exception:  # noqa: BLE001 - the strategy never saw this ask; its result stays journalled
-                        pass
-            for e in self.journal.pending():
-                if e["phase"] == phase and e["strategy"] == name and e["id"] <= seq:
-                    rerun.append((e["id"], name, _candidate(e)))
+                        strat.tell(_candidate(results[e["id"]]), ProxyResult(**e["result"]))
+                    except Exception:  # noqa: BLE001 - asked after the save: the strategy cannot take it
+                        pass  # (its result stays in the journal, the leaderboard and the best policy)
+            pending = {e["id"] for e in self.journal.pending()}
+            rerun += [(e["id"], name, _candidate(e)) for i, e in mine
+                      if e["event"] == "submit" and e["id"] in pending and i < pos]
         return rerun
 
     # -- the search loop ------------------------------------------------------------------
@@ -232,6 +238,8 @@ class Orchestrator:
         self._update()
 
     def _record(self, phase, strategies, name, cid, cand, result: dict, wall: float) -> None:
+        if "loss" not in result:  # the worker raised instead of returning a result
+            result = asdict(ProxyResult(math.inf, math.nan, wall, 0, result["error"]))
         self._log({"event": "result", "id": cid, "result": result})
         self.cache[policy_key(cand.policy.to_dict(), cand.batches)] = result
         if wall > 0:
@@ -283,16 +291,17 @@ class Orchestrator:
         end = self._deadline(1.0)
         while waiting and time.monotonic() < end:
             for cid, res in self.pool.wait(min(0.5, max(0.0, end - time.monotonic()))):
+                res = {"perplexity": math.inf, **res} if "error" in res else res
                 self._log({"event": "validate", "id": cid, "result": res})
                 done[cid] = res
                 waiting.discard(cid)
-                if self.tracker is not None:
+                if self.tracker is not None and "error" not in res:
                     self.tracker.log_validation(cid, {"eval_perplexity": res["perplexity"]})
             self._update()
         if waiting:
             self.pool.abandon()
         validated = [{"id": e["id"], "policy": e["policy"], "proxy_loss": e["result"]["loss"], **done[e["id"]]}
-                     for e in top if e["id"] in done]
+                     for e in top if e["id"] in done and "error" not in done[e["id"]]]
         if validated:
             win = min(validated, key=lambda v: v["perplexity"])
             return Outcome(Policy.from_dict(win["policy"]), win["id"], win["proxy_loss"], win["perplexity"], validated)

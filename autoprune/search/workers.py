@@ -68,6 +68,7 @@ class ProxyWorker:
         proxy = calibration_windows(self.lm.tokenizer, spec.calib, spec.proxy_windows, spec.seqlen, spec.seed + 1)
         self.evaluator = ProxyEvaluator(self.lm.model, stats, proxy, spec.objective, spec.batch_size)
         self._eval_windows = None
+        self._ratio = None  # RatioProxy of the metric whose allocations are being searched
 
     def ready(self) -> dict:
         """{"error"} when set-up failed, else {"pid", "block_sizes", "max_batches"}."""
@@ -80,9 +81,22 @@ class ProxyWorker:
         return {"error": None, "pid": os.getpid(), "block_sizes": sizes, "max_batches": self.evaluator.max_batches}
 
     def evaluate(self, policy: dict, batches: int | None = None) -> dict:
+        """Proxy-evaluate one policy. Explicit allocations of one metric go through a
+        ``RatioProxy`` (rows ranked once, each candidate a threshold lookup and one forward)."""
+        from autoprune.evaluation.ratio_proxy import RatioProxy
         from autoprune.pruning.policy import Policy
 
-        return asdict(self.evaluator.evaluate(Policy.from_dict(policy), batches))
+        p = Policy.from_dict(policy)
+        usable = p.allocation == "explicit" and p.nm is None and p.update == "none"
+        if usable and self.evaluator.check_scores(p.metric) is None:
+            if self._ratio is None or not self._ratio.matches(p):
+                self._ratio = None  # free the previous metric's ranks first
+                try:
+                    self._ratio = RatioProxy(self.evaluator, p, progress=False)
+                except (RuntimeError, ValueError, UserError):
+                    return asdict(self.evaluator.evaluate(p, batches))  # reports the error itself
+            return asdict(self._ratio.evaluate(p, batches))
+        return asdict(self.evaluator.evaluate(p, batches))
 
     def validate(self, policy: dict | None, save_to: str | None = None) -> dict:
         """Full protocol on a copy of the dense model: sequential pruning with the calibration
@@ -170,7 +184,7 @@ class WorkerPool:
     def wait(self, timeout: float) -> list[tuple[object, dict]]:
         """(key, result) of the jobs finished within ``timeout`` seconds (maybe none)."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         if not self.running:
             return []
@@ -183,6 +197,9 @@ class WorkerPool:
                 self.idle.append(actor)
             except RayActorError:
                 self._replace(actor, job)
+            except RayTaskError as e:  # the job raised: its result is the error, the worker lives on
+                done.append((job.key, {"error": f"{type(e.cause).__name__}: {e.cause}"[:500]}))
+                self.idle.append(actor)
         self._dispatch()
         return done
 
