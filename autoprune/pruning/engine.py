@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from autoprune.errors import UserError
 from autoprune.models.layers import decoder_blocks, prunable_linears
 from autoprune.pruning.allocation import block_ratios, layer_ratios
 from autoprune.pruning.masks import make_mask
@@ -72,14 +73,13 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
 def collect_stats(model: nn.Module, windows: Tensor, hessian: bool = False, gradients: bool = False,
                   batch_size: int = 8, progress: bool = True) -> CalibrationStats:
     """One-shot statistics of the dense model on ``windows`` (n, seqlen)."""
     t0 = time.perf_counter()
     linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
     dev = _device(model)
-    with StatsCollector(linears, hessian=hessian) as col:
+    with torch.no_grad(), StatsCollector(linears, hessian=hessian) as col:
         for batch in tqdm(windows.split(batch_size), desc="statistics", disable=not progress, leave=False):
             model(batch.to(dev), use_cache=False)
     grads = collect_gradients(model, windows, batch_size, progress) if gradients else None
@@ -97,12 +97,13 @@ def collect_gradients(model: nn.Module, windows: Tensor, batch_size: int = 8, pr
     for lin in linears.values():
         lin.weight.requires_grad_(True)
     try:
-        for window in tqdm(windows.split(1), desc="gradients", disable=not progress, leave=False):
-            window = window.to(dev)
-            model(window, labels=window, use_cache=False).loss.backward()
-            for n, lin in linears.items():
-                sq[n] += lin.weight.grad.float() ** 2
-                lin.weight.grad = None
+        with torch.enable_grad():
+            for window in tqdm(windows.split(1), desc="gradients", disable=not progress, leave=False):
+                window = window.to(dev)
+                model(window, labels=window, use_cache=False).loss.backward()
+                for n, lin in linears.items():
+                    sq[n] += lin.weight.grad.float() ** 2
+                    lin.weight.grad = None
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
@@ -115,6 +116,9 @@ def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G
         return
     W = lin.weight.data
     nm = policy.nm
+    if nm is not None and W.shape[1] % nm[1]:
+        raise UserError(f"pattern {policy.pattern} needs input sizes that are multiples of {nm[1]}; "
+                        f"a layer has {W.shape[1]} inputs")
     mask = None
     if policy.metric != "sparsegpt":
         metric = resolve_metric(policy.metric)
@@ -191,8 +195,7 @@ def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_si
     bls = blocks_linears(model)
     grads = None
     if needs_gradients(policy.metric):
-        with torch.enable_grad():
-            grads = collect_gradients(model, windows, batch_size, progress)
+        grads = collect_gradients(model, windows, batch_size, progress)
     X = None
     if policy.allocation == "owl":
         X = collect_stats(model, windows, batch_size=batch_size, progress=progress).X

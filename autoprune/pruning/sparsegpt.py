@@ -7,7 +7,7 @@ within a block the pruning error is propagated column by column, and to the late
 one lazy matrix product.
 
 The mask is chosen per block (unstructured: the ``sparsity`` fraction of the block with the
-smallest w^2 / [Hinv]_jj^2, exactly; N:M: per group of M columns), unless ``mask`` is given,
+smallest w^2 / [Hinv]_jj^2, rounded so that the whole layer loses exactly round(sparsity * numel); N:M: per group of M columns), unless ``mask`` is given,
 in which case only the reconstruction runs.
 """
 
@@ -49,7 +49,8 @@ def sparsegpt(W: Tensor, H: Tensor, sparsity: float, nm: tuple[int, int] | None 
             keep1 = mask[:, i1:i2].to(W.device)
         elif nm is None:
             saliency = W1 ** 2 / d.unsqueeze(0) ** 2
-            k = int(round(saliency.numel() * sparsity))
+            # cumulative rounding: the blocks together prune exactly round(sparsity * rows * cols)
+            k = int(round(sparsity * rows * i2)) - int(round(sparsity * rows * i1))
             keep1 = torch.ones_like(W1, dtype=torch.bool)
             if k:
                 keep1.view(-1)[torch.topk(saliency.view(-1), k, largest=False).indices] = False
