@@ -115,6 +115,26 @@ def test_interrupted_bo_resumes_without_losing_completed_trials(tmp_path):
     assert bo.finished() == 12 and bo.done()
 
 
+def test_restart_from_state_dict_adopts_trials_in_flight(tmp_path):
+    """The orchestrator's protocol: restore state_dict(), then deliver the results of what was in flight."""
+    bo = BOStrategy(context(tmp_path), space(n_trials=10, fidelities=[1, 4]))
+    first = bo.ask(3)
+    bo.tell(first[0], bowl(first[0].policy, first[0].batches))
+    state = bo.state_dict()
+    assert len(state["inflight"]) + len(state["promoted"]) == 3
+    del bo  # the process stops here
+
+    bo = BOStrategy(context(tmp_path), space(n_trials=10, fidelities=[1, 4]))
+    bo.load_state_dict(state)
+    for cand in first[1:]:
+        bo.tell(cand, bowl(cand.policy, cand.batches))
+    run_serial(bo, evaluate, 1000)
+    states = [t.state for t in bo.study.get_trials()]
+    assert TrialState.FAIL not in states and bo.finished() == 10 and bo.done()
+    bo.tell(first[0], bowl(first[0].policy, 1))  # a late replay of a finished trial changes nothing
+    assert bo.finished() == 10
+
+
 def test_bad_input(tmp_path):
     ctx = context(tmp_path)
     with pytest.raises(UserError, match="unknown sampler 'cmaes'"):

@@ -16,7 +16,7 @@ from autoprune.models.layers import decoder_blocks
 from autoprune.pruning.engine import apply_policy, collect_stats
 from autoprune.pruning.policy import Policy
 from autoprune.search.allocation_space import allocation_sparsity
-from autoprune.search.base import SearchContext, run_serial
+from autoprune.search.base import Candidate, SearchContext, run_serial
 from autoprune.search.rl import RLStrategy
 from autoprune.search.rl_env import AllocationEnv, make_units
 
@@ -112,6 +112,8 @@ def test_rl_strategy_searches_and_leaves_the_model_dense(proxy, damage, tmp_path
         results.extend(out)
         return out
 
+    stranger = Candidate(BASE, None, {"episode": 99})
+    rl.tell(stranger, proxy.evaluate(BASE))  # not an episode of this agent (a replay): ignored
     assert run_serial(rl, evaluate, 100) == 12 and rl.done() and rl.ask(1) == []
     assert all(r.ok and r.sparsity == pytest.approx(0.6, abs=1e-6) for r in results)
     policy, loss = rl.best()

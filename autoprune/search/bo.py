@@ -7,7 +7,9 @@ stops trials that are worse than most others were at that rung.
 
 The study lives in Optuna storage (default ``sqlite:///<run_dir>/optuna.db``, any database URL)
 under a name derived from the problem, so a restarted search resumes it: completed and pruned
-trials are kept, and trials that were in flight when the process stopped are queued again.
+trials are kept. Trials in flight when the process stopped are adopted again when the driver
+restores ``state_dict()`` (it then delivers their results); any other trial left running is
+failed and its point queued again.
 """
 
 from __future__ import annotations
@@ -89,20 +91,33 @@ class BOStrategy(Strategy):
                                              pruner=pruner, direction="minimize", load_if_exists=True)
         except (ValueError, ImportError, SQLAlchemyError) as e:
             raise UserError(f"cannot open Optuna storage {self.storage}: {e}") from None
-        self._requeue_stale()
         self._trials: dict[int, object] = {}  # trial number -> optuna Trial in flight
         self._promoted: deque[Candidate] = deque()
+        self._checked = False  # stale trials are dealt with at the first ask, after load_state_dict
 
     def _requeue_stale(self) -> None:
-        """Trials left running by a stopped process are failed and their points queued again."""
+        """Trials left running by a stopped process (and not adopted) are failed and queued again."""
         from optuna.trial import TrialState
 
         stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in stale:
-            self.study.enqueue_trial(t.params, skip_if_exists=False)
-            self.study.tell(t.number, state=TrialState.FAIL)
+            if t.number not in self._trials:
+                self.study.enqueue_trial(t.params, skip_if_exists=False)
+                self.study.tell(t.number, state=TrialState.FAIL)
         if not self.study.trials and self.config.seed_baselines:
             self.study.enqueue_trial(self._baseline_point())
+
+    def _adopt(self, number: int):
+        """The live Trial of a stored running trial (None when it is finished)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        if number not in self._trials:
+            frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == number), None)
+            if frozen is None or frozen.state != TrialState.RUNNING:
+                return None
+            self._trials[number] = optuna.trial.Trial(self.study, frozen._trial_id)
+        return self._trials[number]
 
     def _baseline_point(self) -> dict[str, float]:
         if self.config.allocation.kind == "owl":
@@ -120,6 +135,9 @@ class BOStrategy(Strategy):
         return Candidate(policy, self.rungs[rung], {"trial": trial.number, "rung": rung})
 
     def ask(self, n: int) -> list[Candidate]:
+        if not self._checked:
+            self._requeue_stale()
+            self._checked = True
         out = []
         while self._promoted and len(out) < n:
             out.append(self._promoted.popleft())
@@ -137,7 +155,9 @@ class BOStrategy(Strategy):
         from optuna.trial import TrialState
 
         number, rung = candidate.tag["trial"], candidate.tag["rung"]
-        trial = self._trials[number]
+        trial = self._adopt(number)
+        if trial is None:
+            return  # a result for a trial already finished (a replay after a restart)
         if not result.ok:
             del self._trials[number]
             trial.set_user_attr("error", result.error or "non-finite loss")
@@ -168,4 +188,15 @@ class BOStrategy(Strategy):
         return Policy.from_dict(t.user_attrs["policy"]), float(t.value)
 
     def state_dict(self) -> dict:
-        return {"storage": self.storage, "study_name": self.study_name}  # the study itself is the state
+        """Trials in flight and promotions not yet asked; everything else lives in the study."""
+        promoted = [[c.tag["trial"], c.tag["rung"]] for c in self._promoted]
+        inflight = sorted(set(self._trials) - {t for t, _ in promoted})
+        return {"study_name": self.study_name, "inflight": inflight, "promoted": promoted}
+
+    def load_state_dict(self, state: dict) -> None:
+        for number in state.get("inflight", []):
+            self._adopt(number)
+        for number, rung in state.get("promoted", []):
+            trial = self._adopt(number)
+            if trial is not None:
+                self._promoted.append(self._candidate(trial, rung))

@@ -115,6 +115,7 @@ class RLStrategy(Strategy):
         self._out: queue.Queue = queue.Queue()
         self._in: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._pending: Candidate | None = None  # the episode's allocation, waiting for its result
         self._best: tuple[Policy, float] | None = None
         self.history: list[float] = []  # proxy loss of every episode, in order
 
@@ -143,17 +144,21 @@ class RLStrategy(Strategy):
             self._out.put(None)
 
     def ask(self, n: int) -> list[Candidate]:
-        if self._told >= self.config.episodes or n < 1:
-            return []
+        if self._told >= self.config.episodes or n < 1 or self._pending is not None:
+            return []  # one episode at a time: the agent waits for the last one's reward
         if self._thread is None:
             self._thread = threading.Thread(target=self._learn, name="rl-agent", daemon=True)
             self._thread.start()
         item = self._out.get()
         if isinstance(item, BaseException):
             raise item
+        self._pending = item
         return [] if item is None else [item]
 
     def tell(self, candidate: Candidate, result: ProxyResult) -> None:
+        if candidate is not self._pending and candidate != self._pending:
+            return  # not this agent's open episode (a replay after a restart: the agent starts afresh)
+        self._pending = None
         self._told += 1
         self.history.append(result.loss)
         if result.ok and (self._best is None or result.loss < self._best[1]):
