@@ -151,7 +151,7 @@ class Tracker:
         return True
 
     def finish(self, metrics: dict, artifacts: list[Path], status: str = "FINISHED") -> None:
-        self.flush()
+        self.flush(timeout=60)
         self._metrics(self.parent_run_id, metrics)
         for path in artifacts:
             if Path(path).exists():

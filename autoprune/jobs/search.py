@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -83,16 +84,11 @@ class SearchConfig(Config):
     def strategy_names(self) -> list[str]:
         return [s.strip() for s in self.strategies.split(",") if s.strip()]
 
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d.pop("seconds", None)
-        return d
-
 
 @dataclass
 class SearchResult:
     out: Path
-    best: Policy | None
+    best: Policy
     proxy_loss: float | None
     perplexity: float | None
     candidates: dict[str, int]  # strategy -> candidates evaluated (this search, all sessions)
@@ -199,19 +195,23 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     from autoprune.tracking import Tracker
 
     track = read_json(out / TRACKING_FILE) or {}
-    tracker = Tracker(cfg.tracking_uri, cfg.experiment, track.get("parent_run_id"), params=cfg.to_dict())
-    write_json_atomic(out / TRACKING_FILE, {"uri": cfg.tracking_uri, "experiment": cfg.experiment,
-                                            "parent_run_id": tracker.parent_run_id})
+    # the store is opened while Ray and the workers start (both take seconds)
+    opening = ThreadPoolExecutor(1).submit(Tracker, cfg.tracking_uri, cfg.experiment, track.get("parent_run_id"),
+                                           params=cfg.to_dict())
     connect_ray(cfg)
-    pool = None
+    pool = tracker = None
     try:
         spec = WorkerSpec(model=cfg.model, calib=cfg.calib, calib_windows=cfg.calib_windows,
                           proxy_windows=cfg.proxy_windows, eval=cfg.eval, eval_windows=cfg.eval_windows,
-                          seqlen=cfg.seqlen, batch_size=cfg.batch_size, objective=cfg.objective, seed=cfg.seed,
-                          device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)))
+                          seqlen=cfg.seqlen, batch_size=cfg.batch_size, objective=cfg.objective,
+                          gradients="gp" in cfg.strategy_names, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+                          threads=max(1, int(cfg.cpus_per_worker)))
         pool = WorkerPool(spec, cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker,
                           forward_env=cfg.ray_address is not None)
         write_json_atomic(out / "workers.json", {"pids": pool.pids})
+        tracker = opening.result()
+        write_json_atomic(out / TRACKING_FILE, {"uri": cfg.tracking_uri, "experiment": cfg.experiment,
+                                                "parent_run_id": tracker.parent_run_id})
         base = Policy(metric="wanda", sparsity=cfg.sparsity, pattern=cfg.pattern)
 
         def update(status: dict) -> None:
@@ -225,7 +225,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
             tracker.log_candidate(e)
         outcome = orch.run()
         artifacts = write_results(cfg, orch, outcome)
-        if cfg.save_model and outcome.best is not None:
+        if cfg.save_model:
             pool.submit("save", "validate", outcome.best.to_dict(), str(out / "model"))
             while not pool.wait(1.0):
                 pass
@@ -238,8 +238,11 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
                         "candidates": sum(counts.values())}, artifacts)
         return SearchResult(out, outcome.best, outcome.proxy_loss, outcome.perplexity, counts, outcome.validated,
                             budget.elapsed - session_start, pool.retried, pool.replaced)
+    except BaseException:
+        if tracker is not None:  # the journal keeps everything; the store shows the run stopped
+            tracker.finish({}, [], "KILLED")
+        raise
     finally:
-        tracker.flush(timeout=10)
         ray.shutdown()
         journal.close()
         held.close()
@@ -252,13 +255,14 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
 
     out = cfg.out
     files: list[Path] = []
-    if outcome.best is not None:
-        best = replace(outcome.best, meta={"search": str(out), "candidate": outcome.best_id,
-                                           "proxy_loss": outcome.proxy_loss, "eval_perplexity": outcome.perplexity,
-                                           "eval": cfg.eval})
-        best.save(out / BEST_FILE)
-        files.append(out / BEST_FILE)
-        files += export_metric(best.metric, out / "metric")
+    meta = {"search": str(out), "candidate": outcome.best_id, "proxy_loss": outcome.proxy_loss,
+            "eval_perplexity": outcome.perplexity, "eval": cfg.eval}
+    if outcome.best_id is None:
+        meta["note"] = "no candidate finished within the budget: the target with the default metric"
+    best = replace(outcome.best, meta=meta)
+    best.save(out / BEST_FILE)
+    files.append(out / BEST_FILE)
+    files += export_metric(best.metric, out / "metric")
     entries = orch.entries()
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
@@ -271,7 +275,7 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     for e in entries:
         counts[e["strategy"]] = counts.get(e["strategy"], 0) + 1
     write_json_atomic(out / SUMMARY_FILE, {
-        "config": cfg.to_dict(), "best_policy": outcome.best.to_dict() if outcome.best else None,
+        "config": cfg.to_dict(), "best_policy": outcome.best.to_dict(),
         "best_candidate": outcome.best_id, "best_proxy_loss": outcome.proxy_loss,
         "best_eval_perplexity": outcome.perplexity, "validated": outcome.validated, "candidates": counts,
         "pool": {"retried": orch.pool.retried, "replaced": orch.pool.replaced}})

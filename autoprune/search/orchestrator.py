@@ -35,6 +35,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
 }
 PHASES = ("metric", "allocation")
 MIN_VALIDATION = 20.0  # seconds
+VALIDATION_POOL = 50  # candidates, best first, that validation may reach when time allows
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
@@ -63,7 +64,7 @@ def policy_key(policy: dict, batches) -> str:
 
 @dataclass
 class Outcome:
-    best: Policy | None  # validated best, else best by proxy
+    best: Policy  # validated best, else best by proxy, else (nothing finished) the base policy
     best_id: int | None
     proxy_loss: float | None
     perplexity: float | None  # on the eval data, when validated
@@ -279,35 +280,46 @@ class Orchestrator:
 
     # -- final validation -----------------------------------------------------------------
     def validate(self) -> Outcome:
-        """The top candidates by the full sequential protocol on the eval data, until time is up."""
+        """Full sequential protocol on the eval data: the ``top_k`` best by proxy loss, then the
+        next best ones while one more validation still fits in the time left."""
         self.status["phase"] = "validation"
         self._log({"event": "phase_start", "phase": "validation"})
         done = {e["id"]: e["result"] for e in self.journal.of("validate")}
-        top = self.best_entries(self.top_k)
-        for e in top:
-            if e["id"] not in done:
+        ranked = self.best_entries(max(self.top_k, VALIDATION_POOL))
+        queue = [e for e in ranked if e["id"] not in done]
+        running: set[int] = set()
+        for e in queue[:max(0, self.top_k - len(done))]:
+            self.pool.submit(e["id"], "validate", e["policy"])
+            running.add(e["id"])
+        queue = [e for e in queue if e["id"] not in running]
+        end, cost = self._deadline(1.0), 0.0  # cost: the slowest validation so far (worker seconds)
+        while time.monotonic() < end:
+            while queue and cost > 0 and self.pool.free > 0 and time.monotonic() + cost < end:
+                e = queue.pop(0)
                 self.pool.submit(e["id"], "validate", e["policy"])
-        waiting = {e["id"] for e in top} - set(done)
-        end = self._deadline(1.0)
-        while waiting and time.monotonic() < end:
+                running.add(e["id"])
+            if not running:
+                break
             for cid, res in self.pool.wait(min(0.5, max(0.0, end - time.monotonic()))):
                 res = {"perplexity": math.inf, **res} if "error" in res else res
                 self._log({"event": "validate", "id": cid, "result": res})
                 done[cid] = res
-                waiting.discard(cid)
+                running.discard(cid)
+                cost = max(cost, res.get("seconds", 0.0))
                 if self.tracker is not None and "error" not in res:
                     self.tracker.log_validation(cid, {"eval_perplexity": res["perplexity"]})
             self._update()
-        if waiting:
+        if running:
             self.pool.abandon()
         validated = [{"id": e["id"], "policy": e["policy"], "proxy_loss": e["result"]["loss"], **done[e["id"]]}
-                     for e in top if e["id"] in done and "error" not in done[e["id"]]]
+                     for e in ranked if e["id"] in done and "error" not in done[e["id"]]]
         if validated:
             win = min(validated, key=lambda v: v["perplexity"])
             return Outcome(Policy.from_dict(win["policy"]), win["id"], win["proxy_loss"], win["perplexity"], validated)
-        if top:  # stopped before any validation finished: the best by proxy
-            return Outcome(Policy.from_dict(top[0]["policy"]), top[0]["id"], top[0]["result"]["loss"], None, [])
-        return Outcome(None, None, None, None, [])
+        if ranked:  # stopped before any validation finished: the best by proxy
+            return Outcome(Policy.from_dict(ranked[0]["policy"]), ranked[0]["id"], ranked[0]["result"]["loss"], None, [])
+        # nothing finished (the budget went on start-up): the target with the default metric
+        return Outcome(self.base_policy, None, None, None, [])
 
 
 def _candidate(e: dict) -> Candidate:
