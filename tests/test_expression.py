@@ -76,6 +76,8 @@ def test_compiled_scores_have_weight_shape_and_need_g():
     ("log(exp(W))", "W"), ("abs(abs(neg(W)))", "abs(W)"), ("sub(W, W)", "0"), ("add(X, X)", "mul(2, X)"),
     ("mul(abs(W), X)", "mul(X, abs(W))"), ("mms(zscore(add(W, 0.5)))", "mms(W)"), ("add(W, neg(G))", "sub(W, G)"),
     ("mul(2, 0.5)", "1"), ("abs(mul(W, X))", "mul(X, abs(W))"), ("sqr(neg(W))", "sqr(W)"),
+    ("div(W, 0.5)", "mul(2, W)"), ("mul(2, mul(0.5, W))", "W"), ("div(mul(2, W), X)", "mul(2, div(W, X))"),
+    ("mul(mul(2, W), G)", "mul(2, mul(G, W))"),
 ])
 def test_simplify_rules(text, simple):
     assert str(simplify(parse(text))) == simple
@@ -85,6 +87,7 @@ def test_simplify_rules(text, simple):
     ("sqrt(mul(abs(W), X))", "mul(X, abs(W))"), ("mul(2, W)", "W"), ("mul(-0.5, W)", "neg(W)"),
     ("add(W, rowsum(G))", "W"), ("sub(rowsum(abs(W)), W)", "neg(W)"), ("div(G, rowsum(abs(W)))", "G"),
     ("sigmoid(tanh(exp(W)))", "W"), ("log(W)", "abs(W)"), ("mms(mul(sqr(W), X))", "mul(X, sqr(W))"),
+    ("mul(abs(W), div(mul(X, div(G, 0.5)), 0.7))", "mul(abs(W), mul(G, X))"),
     # not rank-equivalent: must stay
     ("neg(W)", "neg(W)"), ("add(W, X)", "add(W, X)"), ("mul(W, X)", "mul(W, X)"), ("mul(W, rowsum(W))", "mul(W, rowsum(W))"),
 ])

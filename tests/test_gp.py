@@ -19,14 +19,14 @@ from autoprune.search.base import SearchContext, run_serial
 from autoprune.search.gp import GPSpace, GPStrategy
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"population": 8, "generations": 3, "max_height": 4, "low_batches": 1, "promote": 2}
+SMALL = {"population": 8, "generations": 2, "max_height": 4, "low_batches": 1, "promote": 2}
 
 
 @pytest.fixture(scope="module")
 def evaluator(stories, calib):
     model = __import__("copy").deepcopy(stories.model)
-    stats = collect_stats(model, calib[:8], gradients=True, progress=False)
-    return ProxyEvaluator(model, stats, calib[8:16], "kl", batch_size=4)
+    stats = collect_stats(model, calib[:4], gradients=True, progress=False)
+    return ProxyEvaluator(model, stats, calib[8:12], "kl", batch_size=2)
 
 
 def _context(evaluator, tmp_path, pattern="unstructured", seed=0):
@@ -99,7 +99,7 @@ def test_state_dict_is_json_and_resumes(evaluator, tmp_path):
 def test_same_seed_same_search(evaluator, tmp_path):
     runs = []
     for _ in range(2):
-        gp = GPStrategy(_context(evaluator, tmp_path, "2:4", seed=7), {**SMALL, "generations": 2})
+        gp = GPStrategy(_context(evaluator, tmp_path, "2:4", seed=7), {**SMALL, "population": 6})
         run_serial(gp, _evaluate(evaluator), 1000, batch=8)
         runs.append([(h["key"], h["loss"]) for h in gp.history])
     assert runs[0] == runs[1]

@@ -20,7 +20,7 @@ h_row strictly increasing. At the top of the tree this holds for
 
 from __future__ import annotations
 
-from autoprune.pruning.expression import Expr, TERMINALS, call, const, evaluate_constant
+from autoprune.pruning.expression import EPS, TERMINALS, Expr, call, const, evaluate_constant
 
 _POSITIVE_OPS = ("exp", "sigmoid")
 _NONNEG_OPS = ("abs", "sqr", "sqrt", "exp", "sigmoid", "mms")
@@ -124,8 +124,16 @@ def _rewrite(e: Expr) -> Expr:
             return const(0.0)
     if op == "mul" and a.op == "neg" and b.op == "neg":
         return _rewrite(call("mul", a.args[0], b.args[0]))
-    if op == "div" and b.op == "const" and b.value == 1:
-        return a
+    if op == "div" and b.op == "const" and abs(b.value) >= EPS:  # a / c = (1/c) a
+        return _rewrite(call("mul", const(1.0 / b.value), a))
+    if op == "div" and a.op == "mul" and a.args[0].op == "const":  # (c a) / b = c (a / b)
+        return _rewrite(call("mul", a.args[0], _rewrite(call("div", a.args[1], b))))
+    if op == "mul" and a.op == "mul" and a.args[0].op == "const" and b.op != "const":
+        a, b = b, a
+    if op == "mul" and b.op == "mul" and b.args[0].op == "const":  # constants rise to the top of products
+        if a.op == "const":
+            return _rewrite(call("mul", const(a.value * b.args[0].value), b.args[1]))
+        return _rewrite(call("mul", b.args[0], _rewrite(call("mul", a, b.args[1]))))
     return e
 
 

@@ -1,0 +1,59 @@
+"""The GP search space (``search_spaces/gp.yaml``): primitive set, tree limits, operator rates, seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autoprune.errors import UserError
+from autoprune.pruning.expression import BINARY, NAMED_FORMS, TERMINALS, UNARY, Expr, parse
+
+SEEDS = NAMED_FORMS  # seed individuals by name: magnitude, wanda, ria, pruner-zero
+
+
+@dataclass
+class GPSpace:
+    """The ``gp`` search space (``search_spaces/gp.yaml``); unknown keys are refused."""
+
+    unary: list[str] = field(default_factory=lambda: list(UNARY))
+    binary: list[str] = field(default_factory=lambda: list(BINARY))
+    terminals: list[str] = field(default_factory=lambda: list(TERMINALS))
+    constants: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    population: int = 40
+    generations: int = 30
+    init_min_height: int = 1
+    init_max_height: int = 3
+    max_height: int = 5
+    crossover: float = 0.7
+    mutation: float = 0.3
+    tournament: int = 4
+    elitism: int = 2
+    hall_of_fame: int = 5
+    seeds: list[str] = field(default_factory=list)
+    low_batches: int = 1
+    promote: int = 2
+    novelty_retries: int = 3  # times a child that repeats a known metric is mutated again
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("unary", UNARY), ("binary", BINARY), ("terminals", TERMINALS)):
+            bad = sorted(set(getattr(self, name)) - set(allowed))
+            if bad:
+                raise UserError(f"gp search space: unknown {name} {', '.join(bad)}")
+        if not self.terminals or self.population < 2 or self.generations < 1 or self.tournament < 1:
+            raise UserError("gp search space: needs terminals, population >= 2, generations >= 1, tournament >= 1")
+        if not 1 <= self.init_min_height + 1 <= self.init_max_height + 1 <= self.max_height + 1:
+            raise UserError("gp search space: needs 0 <= init_min_height <= init_max_height <= max_height")
+        if not (0 <= self.crossover <= 1 and 0 <= self.mutation <= 1):
+            raise UserError("gp search space: crossover and mutation are probabilities")
+
+    @classmethod
+    def from_dict(cls, space: dict) -> "GPSpace":
+        space = {k: v for k, v in (space or {}).items() if k != "strategy"}
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(space) - known)
+        if bad:
+            raise UserError(f"gp search space: unknown keys {', '.join(bad)}")
+        return cls(**space)
+
+
+def seed_expression(seed: str) -> Expr:
+    return parse(SEEDS.get(seed, seed))
