@@ -2,6 +2,7 @@
 8-hour budget buys for a 7B-shaped model.
 
     .venv/bin/python benchmarks/search_e2e.py --budget 5m --sparsity 0.5 --strategies gp,bo
+    .venv/bin/python benchmarks/search_e2e.py --run runs/s5m --run-wall 280.2   # report on a CLI run
 
 1. ``autoprune search`` (Ray workers, MLflow) on stories260K within the budget: wall time,
    candidates per strategy, best proxy loss and held-out perplexity.
@@ -10,7 +11,10 @@
 3. Per-candidate cost: the search's measured seconds per candidate (this CPU), and one
    7B-shaped decoder block (Llama-2-7B: d=4096, MLP 11008) timed on this CPU for the two parts
    of a candidate (mask for every linear, forward of the proxy tokens), times 32 blocks. No GPU
-   was available: the GPU row is a roofline ESTIMATE, not a measurement.
+   was available: the GPU rows are ESTIMATES, not measurements: the forward at 40% of an H100's
+   989 bf16 TFLOP/s, plus masks either bandwidth-bound (24 bytes per weight at half of 3.35 TB/s)
+   or sort-bound (2 G keys/s). Allocation candidates of a fixed metric skip the masks' sort (the
+   workers' ratio proxy ranks rows once), so they sit near the first GPU row.
 """
 
 from __future__ import annotations
@@ -103,6 +107,9 @@ def main() -> None:
     p.add_argument("--run-wall", type=float, help="the measured wall time of --run's search command")
     p.add_argument("--proxy-tokens-7b", type=int, default=2048, help="proxy tokens per candidate at 7B")
     args = p.parse_args()
+    from autoprune.commands import quiet_libraries
+
+    quiet_libraries()
     from autoprune.search.budget import parse_budget
 
     if args.run:
@@ -121,16 +128,21 @@ def main() -> None:
           f"{args.workers} worker(s), strategies {args.strategies}")
     if wall is not None:
         print(f"wall time of the search: {wall:.1f}s ({100 * (wall / budget - 1):+.1f}% of the budget)")
-    print(f"{'strategy':<10}{'candidates':>12}{'evaluated':>11}{'cache hits':>12}{'mean s/cand':>13}{'best proxy':>12}")
+    print(f"{'strategy':<10}{'candidates':>12}{'forward-evaluated':>19}{'mask-cache hits':>17}{'rejected':>10}"
+          f"{'mean s/cand':>13}{'best proxy (full fidelity)':>28}")
+    c = summary["config"]
+    full = -(-c["proxy_windows"] // c["batch_size"])  # proxy batches at full fidelity
     per_cand = []
     for strategy in sorted({s["strategy"] for s, _ in results}):
         rs = [r for s, r in results if s["strategy"] == strategy]
         evaluated = [r for r in rs if not r.get("cached") and r["tokens"] > 0]
         per_cand += [r["seconds"] for r in evaluated]
-        ok = [r["loss"] for r in rs if r["error"] is None]
+        ok = [r["loss"] for s, r in results if s["strategy"] == strategy and r["error"] is None
+              and (s["batches"] is None or s["batches"] >= full)]
         mean = sum(r["seconds"] for r in evaluated) / max(1, len(evaluated))
-        print(f"{strategy:<10}{len(rs):>12}{len(evaluated):>11}{len(rs) - len(evaluated):>12}{mean:>13.3f}"
-              f"{min(ok) if ok else float('nan'):>12.4f}")
+        hits = sum(bool(r.get("cached")) for r in rs)
+        print(f"{strategy:<10}{len(rs):>12}{len(evaluated):>19}{hits:>17}{len(rs) - len(evaluated) - hits:>10}"
+              f"{mean:>13.3f}{min(ok) if ok else float('nan'):>28.4f}")
     best = summary["best_policy"]
     print(f"best policy: metric {best['metric']}, allocation {best['allocation']}"
           + (f" {[round(r, 3) for r in best['block_ratios']]}" if best.get("block_ratios") else ""))
@@ -138,7 +150,6 @@ def main() -> None:
     print(f"best proxy loss (KL to dense) {summary['best_proxy_loss']:.4f}; held-out perplexity "
           + (f"{ppl:.3f}" if ppl is not None else "not validated within the budget"))
 
-    c = summary["config"]
     print(f"\n== held-out perplexity on {c['eval']} (first {c['eval_windows']} windows of {c['seqlen']} tokens), "
           f"calibration {c['calib_windows']} x {c['seqlen']} of {c['calib']}, sequential protocol")
     print(f"{'method':<28}{'perplexity':>12}")
@@ -152,7 +163,9 @@ def main() -> None:
     # roofline estimate for one H100 (bf16): forward 2*P*T flops at 40% of 989 TFLOP/s; masks
     # memory-bound at ~24 bytes per weight (read W, X-scaled score, sort, write mask) at 50% of 3.35 TB/s
     params = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
-    gpu_7b = 2 * params * args.proxy_tokens_7b / (0.4 * 989e12) + params * 24 / (0.5 * 3.35e12)
+    forward_gpu = 2 * params * args.proxy_tokens_7b / (0.4 * 989e12)
+    gpu_7b = forward_gpu + params * 24 / (0.5 * 3.35e12)
+    gpu_7b_sorted = forward_gpu + params / 2e9  # conservative: masks by a per-row sort at 2 G keys/s
     search_s = 8 * 3600 * 0.85  # the orchestrator's default share for search (validation: the rest)
     stories = sum(per_cand) / max(1, len(per_cand))
     print("\n== per-candidate cost and candidates in an 8-hour budget (85% of it searching, 1 worker)")
@@ -160,6 +173,8 @@ def main() -> None:
     print(f"{'stories260K, this CPU (measured in the search above)':<58}{stories:>12.3f}{search_s / stories:>12.0f}")
     print(f"{'7B-shaped, this CPU (one block measured, x32 blocks)':<58}{cpu_7b:>12.1f}{search_s / cpu_7b:>12.0f}")
     print(f"{'7B-shaped, one H100 (ESTIMATE: roofline, not measured)':<58}{gpu_7b:>12.2f}{search_s / gpu_7b:>12.0f}")
+    print(f"{'7B-shaped, one H100 (ESTIMATE: sort-bound masks, not measured)':<58}{gpu_7b_sorted:>12.2f}"
+          f"{search_s / gpu_7b_sorted:>12.0f}")
     print(f"(7B block on this CPU: masks {mask:.2f}s + forward of {args.proxy_tokens_7b} tokens {forward:.2f}s; "
           "no GPU was available to measure)")
 

@@ -20,6 +20,7 @@ def plot_layer_ratios(policies: list[tuple[str, list[float]]], path: Path) -> Pa
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, ratios in policies:
         ax.plot(range(len(ratios)), ratios, marker="o", label=label)
+    ax.set_xticks(range(max((len(r) for _, r in policies), default=0)))
     ax.set_xlabel("decoder block")
     ax.set_ylabel("sparsity ratio")
     ax.set_title("layer-wise sparsity of the best policies")
@@ -43,7 +44,7 @@ def plot_progress(entries: list[dict], path: Path) -> Path:
         best = min(best, e["result"]["loss"])
         curve.append(best)
     ax.plot(range(len(curve)), curve, color="black", label="best so far")
-    ax.set_xlabel("candidate (completion order)")
+    ax.set_xlabel("full-fidelity candidate (completion order)")
     ax.set_ylabel("proxy loss")
     ax.set_yscale("log")
     ax.set_title("search progress")
