@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
                    help="MLflow backend store (default: sqlite:///runs/mlflow.db)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1, help="server processes (default: 1; each loads MLflow)")
     p.set_defaults(run=run)
 
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     cmd = [mlflow if os.path.exists(mlflow) else "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port)]
+           "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it", flush=True)
     try:
         return subprocess.call(cmd)
