@@ -3,9 +3,10 @@
 For each target sparsity: one-shot Wanda statistics on 64 calibration windows (256 tokens,
 tinystories:0-499, seed 0), a KL-to-dense proxy on 16 other windows of tinystories:0-499
 (seed 1), ratio candidates by cached score orders. BO (Optuna) and RL (stable-baselines3)
-search on the proxy only; each allocation found, and the baselines, is then pruned with
-``prune_sequential`` on a fresh copy of the dense model and scored by perplexity on every
-256-token window of tinystories:500-999.
+search on calibration data only: the proxy, then their top ``--top-k`` allocations by proxy are
+pruned by the sequential protocol and scored on 32 more windows of tinystories:0-499. The best
+there, and the baselines, are then pruned with ``prune_sequential`` on a fresh copy of the dense
+model and scored by perplexity on every 256-token window of tinystories:500-999.
 
     python benchmarks/allocation_search.py --sparsity 0.5 0.7 --bo-trials 60 --rl-episodes 120
 """
@@ -37,19 +38,33 @@ from autoprune.search.rl import RLStrategy
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
-def drive(strategy: Strategy, proxy: RatioProxy, limit: int, desc: str) -> tuple[int, float]:
-    """Evaluate what ``strategy`` asks for until it is done; (proxy evaluations, seconds)."""
-    t0, n = time.perf_counter(), 0
+def drive(strategy: Strategy, proxy: RatioProxy, limit: int, desc: str) -> tuple[int, list[tuple[float, Policy]]]:
+    """Evaluate what ``strategy`` asks for until it is done: (proxy evaluations, full-fidelity results)."""
+    n, full = 0, []
     with tqdm(total=limit, desc=desc, leave=False) as bar:
         while not strategy.done() and n < limit:
             cands = strategy.ask(1)
             if not cands:
                 break
             for c in cands:
-                strategy.tell(c, proxy.evaluate(c.policy, c.batches))
+                res = proxy.evaluate(c.policy, c.batches)
+                strategy.tell(c, res)
+                if res.ok and c.batches in (None, proxy.evaluator.max_batches):
+                    full.append((res.loss, c.policy))
             n += len(cands)
             bar.update(len(cands))
-    return n, time.perf_counter() - t0
+    return n, full
+
+
+def select(dense, full: list[tuple[float, Policy]], k: int, calib: torch.Tensor, windows: torch.Tensor) -> Policy:
+    """The top ``k`` allocations by proxy, validated by the sequential protocol on calibration-side windows."""
+    top = []
+    for loss, policy in sorted(full, key=lambda x: x[0]):
+        if policy not in top:
+            top.append(policy)
+        if len(top) == k:
+            break
+    return min(top, key=lambda p: final_ppl(dense, p, calib, windows)[0])
 
 
 def final_ppl(dense: torch.nn.Module, policy: Policy, calib: torch.Tensor, heldout: torch.Tensor) -> tuple[float, float]:
@@ -66,6 +81,7 @@ def main() -> None:
     ap.add_argument("--bo-trials", type=int, default=60)
     ap.add_argument("--rl-episodes", type=int, default=120)
     ap.add_argument("--rl-algorithm", default="ppo", choices=["ppo", "sac", "ddpg"])
+    ap.add_argument("--top-k", type=int, default=5, help="proxy-best allocations validated on calibration-side windows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared CPU)")
     args = ap.parse_args()
@@ -75,6 +91,7 @@ def main() -> None:
     lm = load_model("stories260K", dtype="float32", device="cpu")
     calib = calibration_windows(lm.tokenizer, "tinystories:0-499", 64, 256, 0)
     proxy_windows = calibration_windows(lm.tokenizer, "tinystories:0-499", 16, 256, 1)
+    select_windows = calibration_windows(lm.tokenizer, "tinystories:0-499", 32, 256, 2)
     heldout = evaluation_windows(lm.tokenizer, "tinystories:500-999", 256)
     dense = lm.model
     stats = collect_stats(dense, calib, progress=False)
@@ -91,15 +108,18 @@ def main() -> None:
         bo_space = {**yaml.safe_load((SPACES / "bo.yaml").read_text()), "allocation": args.space,
                     "sampler": args.sampler, "n_trials": args.bo_trials}
         bo = BOStrategy(ctx, bo_space)
-        n, sec = drive(bo, proxy, 10 * args.bo_trials, f"BO {s:g}")
-        found[f"BO ({args.sampler}, {args.space})"] = (bo.best()[0], n, sec)
+        t0 = time.perf_counter()
+        n, full = drive(bo, proxy, 10 * args.bo_trials, f"BO {s:g}")
+        best = select(dense, full, args.top_k, calib, select_windows)
+        found[f"BO ({args.sampler}, {args.space})"] = (best, n, time.perf_counter() - t0)
 
         rl_space = {**yaml.safe_load((SPACES / "rl.yaml").read_text()), "episodes": args.rl_episodes,
                     "algorithm": args.rl_algorithm}
         t0 = time.perf_counter()
         rl = RLStrategy(ctx, rl_space, damage=BlockDamage(proxy, proxy_windows[:8]))
-        n, sec = drive(rl, proxy, args.rl_episodes, f"RL {s:g}")
-        found[f"RL ({args.rl_algorithm}, per block)"] = (rl.best()[0], n, time.perf_counter() - t0)
+        n, full = drive(rl, proxy, args.rl_episodes, f"RL {s:g}")
+        best = select(dense, full, args.top_k, calib, select_windows)
+        found[f"RL ({args.rl_algorithm}, per block)"] = (best, n, time.perf_counter() - t0)
 
         for name, (policy, n, sec) in found.items():
             kl = proxy.evaluate(policy).loss
@@ -108,7 +128,8 @@ def main() -> None:
             rows.append((f"{s:g}", name, n, sec, kl, ppl, achieved, " ".join(f"{r:.2f}" for r in ratios)))
 
     print(f"\nstories260K, Wanda, proxy: KL on 16x256 windows of tinystories:0-499; "
-          f"ppl: sequential protocol, {len(heldout)}x256 windows of tinystories:500-999")
+          f"top {args.top_k} by proxy validated by the sequential protocol on 32x256 other windows of tinystories:0-499 "
+          f"(included in search s); ppl: sequential protocol, {len(heldout)}x256 windows of tinystories:500-999")
     head = f"{'sparsity':>8}  {'allocation':<26} {'candidates':>10} {'search s':>9} {'proxy KL':>9} {'ppl':>8} {'achieved':>9}  block ratios"
     print(head + "\n" + "-" * len(head))
     for s, name, n, sec, kl, ppl, achieved, ratios in rows:

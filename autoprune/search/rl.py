@@ -22,7 +22,7 @@ from autoprune.pruning.policy import Policy
 from autoprune.search.base import Candidate, SearchContext, Strategy
 
 ALGORITHMS = ("ppo", "sac", "ddpg")
-_KEYS = {"algorithm", "unit", "episodes", "bounds", "step_weight", "final_weight", "loss_cap", "agent"}
+_KEYS = {"algorithm", "unit", "episodes", "bounds", "span", "step_weight", "final_weight", "loss_cap", "agent"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class RLConfig:
     unit: str = "block"  # block | linear: what one step allocates
     episodes: int = 100
     bounds: tuple[float, float] = (0.0, 0.95)
+    span: float = 0.3  # how far one action may move a unit from the average ratio still needed
     step_weight: float = 10.0
     final_weight: float = 1.0
     loss_cap: float = 20.0  # a failed or exploding candidate's final loss
@@ -51,13 +52,13 @@ class RLConfig:
         bounds = d.get("bounds", [0.0, 0.95])
         if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and 0 <= bounds[0] <= bounds[1] < 1):
             raise UserError("RL space: bounds must be [low, high] within [0, 1)")
-        for key in ("step_weight", "final_weight", "loss_cap"):
+        for key in ("span", "step_weight", "final_weight", "loss_cap"):
             if not isinstance(d.get(key, 1.0), (int, float)) or d.get(key, 1.0) < 0:
                 raise UserError(f"RL space: {key} must be a non-negative number")
         if not isinstance(d.get("agent", {}), dict):
             raise UserError("RL space: agent must be a mapping of stable-baselines3 arguments")
         return cls(d.get("algorithm", "ppo"), d.get("unit", "block"), episodes, (float(bounds[0]), float(bounds[1])),
-                   float(d.get("step_weight", 10.0)), float(d.get("final_weight", 1.0)),
+                   float(d.get("span", 0.3)), float(d.get("step_weight", 10.0)), float(d.get("final_weight", 1.0)),
                    float(d.get("loss_cap", 20.0)), dict(d.get("agent", {})))
 
 
@@ -110,7 +111,7 @@ class RLStrategy(Strategy):
         self._asked = self._told = 0
         guard = _Guard(damage, lambda: self._asked >= cfg.episodes) if damage is not None else None
         self.env = AllocationEnv(context.base_policy, context.block_sizes, units, self._final_loss, guard,
-                                 cfg.bounds, cfg.step_weight, cfg.final_weight)
+                                 cfg.bounds, cfg.step_weight, cfg.final_weight, cfg.span)
         self.agent = make_agent(cfg.algorithm, self.env, context.seed, len(units), cfg.agent)
         self._out: queue.Queue = queue.Queue()
         self._in: queue.Queue = queue.Queue()

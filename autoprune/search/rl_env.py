@@ -2,9 +2,12 @@
 
 Notation: units t = 0..T-1 in depth order, w_t weights each, N = sum w_t, target S, bounds
 [lo, hi]. R_t = S N - sum_{u<t} r_u w_u is what is left to prune, W_t = sum_{u>t} w_u.
-The action a in [-1, 1] picks r_t = l_t + (a + 1)/2 (h_t - l_t) within the feasible range
+The action a in [-1, 1] moves the unit away from the average ratio still needed, within the
+feasible range:
+    r_t = clip(R_t / (w_t + W_t) + span a, l_t, h_t)
     l_t = max(lo, (R_t - hi W_t) / w_t),   h_t = min(hi, (R_t - lo W_t) / w_t),
-so the last unit always lands the budget exactly (AMC's constraint, by construction).
+so a = 0 throughout is the uniform allocation, and the last unit always lands the budget
+exactly (AMC's constraint, by construction).
 
 Rewards come at every step (PuRL): minus the damage the unit adds, as measured by a
 ``Damage`` oracle that forwards only the unit's block from cached hidden states; the last
@@ -63,13 +66,14 @@ class AllocationEnv(gym.Env):
 
     def __init__(self, base: Policy, block_sizes: tuple[dict[str, int], ...], units: list[Unit],
                  final_loss: Callable[[Policy], float], damage: Damage | None = None,
-                 bounds: tuple[float, float] = (0.0, 0.95), step_weight: float = 1.0, final_weight: float = 1.0):
+                 bounds: tuple[float, float] = (0.0, 0.95), step_weight: float = 1.0, final_weight: float = 1.0,
+                 span: float = 0.3):
         lo, hi = bounds
         if not 0 <= lo <= base.sparsity <= hi < 1:
             raise UserError(f"per-layer bounds [{lo:g}, {hi:g}] cannot meet the target sparsity {base.sparsity:g}")
         self.base, self.block_sizes, self.units = base, block_sizes, units
         self.final_loss, self.damage, self.bounds = final_loss, damage, bounds
-        self.step_weight, self.final_weight = step_weight, final_weight
+        self.step_weight, self.final_weight, self.span = step_weight, final_weight, span
         self.sizes = np.array([u.size for u in units], dtype=np.float64)
         self.total = self.sizes.sum()
         feats = damage.features(units) if damage is not None else np.zeros((len(units), 0))
@@ -78,6 +82,12 @@ class AllocationEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.t, self.ratios, self.last_policy = 0, [], None
+
+    def _needed(self) -> float:
+        """The average ratio the units from t on must take to land the budget."""
+        used = float(np.dot(self.ratios, self.sizes[: self.t]))
+        rest = self.sizes[self.t:].sum()
+        return (self.base.sparsity * self.total - used) / rest if rest else 0.0
 
     def _range(self) -> tuple[float, float]:
         lo, hi = self.bounds
@@ -90,8 +100,7 @@ class AllocationEnv(gym.Env):
         t = min(self.t, len(self.units) - 1)
         unit = self.units[t]
         used = float(np.dot(self.ratios, self.sizes[: self.t])) / self.total
-        rest = self.sizes[self.t:].sum()
-        needed = (self.base.sparsity - used) * self.total / rest if rest else 0.0
+        needed = self._needed()
         lo, hi = self._range() if self.t < len(self.units) else (0.0, 0.0)
         prev = self.ratios[-1] if self.ratios else self.base.sparsity
         head = [t / max(len(self.units) - 1, 1), *unit.kind, unit.size / self.sizes.max(), used, needed, lo, hi, prev]
@@ -107,7 +116,8 @@ class AllocationEnv(gym.Env):
     def step(self, action):
         lo, hi = self._range()
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
-        ratio = lo + (a + 1) / 2 * max(hi - lo, 0.0)
+        ratio = min(max(self._needed() + self.span * a, lo), hi)
+        ratio = min(max(ratio, self.bounds[0]), self.bounds[1])  # float round-off at the last unit
         unit = self.units[self.t]
         damage = self.damage.step(unit, ratio) if self.damage is not None else 0.0
         reward = -self.step_weight * damage
