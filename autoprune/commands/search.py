@@ -118,8 +118,8 @@ class SearchView:
         t = Table(title="autoprune search: result")
         t.add_column("field")
         t.add_column("value")
-        t.add_row("best policy", _describe(res.best.to_dict()) + ("" if res.candidates else
-                                                                  " (no candidate finished: the default)"))
+        t.add_row("best policy", _describe(res.best.to_dict()) + ("" if res.proxy_loss is not None else
+                                                                  " (the default: no candidate scored in time)"))
         t.add_row("proxy loss", f"{res.proxy_loss:.4f}" if res.proxy_loss is not None else "-")
         t.add_row(f"perplexity on {self.cfg.eval}", f"{res.perplexity:.3f}" if res.perplexity is not None
                   else "not validated (budget spent)")
