@@ -161,3 +161,30 @@ def test_bad_input_is_one_line_and_loses_nothing(scenario, capsys, monkeypatch):
     _one_line_error(["search", "--resume", "--out", "runs/s"], capsys, "has finished")
     assert journal.read_bytes() == kept
     assert not (cwd / "runs" / "t").exists()
+
+
+def test_journal_survives_a_torn_last_line(tmp_path):
+    from autoprune.search.journal import Journal
+
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path)
+    j.append({"event": "submit", "id": j.new_id(), "phase": "metric", "strategy": "random", "policy": {}})
+    j.append({"event": "result", "id": 1, "result": {"loss": 1.0}})
+    j.append({"event": "submit", "id": j.new_id(), "phase": "metric", "strategy": "random", "policy": {}})
+    j.close()
+    with open(path, "a") as f:
+        f.write('{"event": "result", "id": 2, "res')  # killed mid-write
+    again = Journal(path)
+    assert list(again.results()) == [1] and [e["id"] for e in again.pending()] == [2]
+    assert again.new_id() == 3
+    again.append({"event": "result", "id": 2, "result": {"loss": 2.0}})  # the torn line is gone
+    again.close()
+    assert sorted(Journal(path).results()) == [1, 2]
+
+
+def test_ray_temp_dir_is_short_enough_for_unix_sockets(tmp_path):
+    from autoprune.jobs.search import ray_temp_dir
+
+    deep = tmp_path / ("x" * 80) / "run"
+    assert ray_temp_dir(deep).startswith("/tmp/autoprune-ray-") and len(ray_temp_dir(deep)) < 40
+    assert ray_temp_dir(deep) == ray_temp_dir(deep)  # stable per folder

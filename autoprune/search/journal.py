@@ -38,15 +38,16 @@ class Journal:
         self.path = Path(path)
         self.events: list[dict] = []
         if self.path.exists():
-            for n, line in enumerate(self.path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):  # a line torn by a kill mid-write: drop it
+                text = text[:text.rfind("\n") + 1]
+                with open(self.path, "r+") as f:
+                    f.truncate(len(text.encode()))
+            for n, line in enumerate(text.splitlines(), 1):
                 try:
                     self.events.append(json.loads(line))
                 except json.JSONDecodeError:
-                    # only the last line can be torn by a kill mid-write; anything else is damage
-                    if n != len(self.path.read_text().splitlines()):
-                        raise UserError(f"{self.path}: line {n} is not JSON; the journal is damaged") from None
+                    raise UserError(f"{self.path}: line {n} is not JSON; the journal is damaged") from None
         self._submits: dict[int, dict] = {}
         self._results: dict[int, dict] = {}
         for e in self.events:
