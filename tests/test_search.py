@@ -63,7 +63,7 @@ def scenario(tmp_path_factory):
     before = _results(journal)
     old_pids = json.loads((out / "workers.json").read_text())["pids"]
 
-    resumed = _start(["search", "--resume", "--out", "runs/s"], cwd)
+    resumed = _start(["search", "--resume", "--out", "runs/s", "--save-model"], cwd)
     _wait_for(lambda: len(_results(journal)) > len(before)
               and json.loads((out / "workers.json").read_text())["pids"] != old_pids, 150, resumed)
     os.kill(json.loads((out / "workers.json").read_text())["pids"][0], signal.SIGKILL)  # busy: mid-candidate
@@ -84,6 +84,14 @@ def test_resume_keeps_every_completed_candidate_and_finishes(scenario):
         assert summary["best_eval_perplexity"] == min(v["perplexity"] for v in summary["validated"])
     else:  # stopped before validation: the best by proxy loss
         assert summary["best_proxy_loss"] == min(r["loss"] for r in after.values())
+
+
+def test_pruned_model_is_saved_and_loads(scenario):
+    from autoprune.models import load_model
+    from autoprune.pruning.engine import model_sparsity
+
+    lm = load_model(str(scenario["out"] / "model"), "float32", "cpu")
+    assert model_sparsity(lm.model)[0] == pytest.approx(0.5, abs=0.01)
 
 
 def test_killed_worker_is_replaced(scenario):

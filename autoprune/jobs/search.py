@@ -225,10 +225,14 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
             tracker.log_candidate(e)
         outcome = orch.run()
         artifacts = write_results(cfg, orch, outcome)
-        if cfg.save_model:
+        if cfg.save_model:  # after the budget: one more sequential pruning, then save_pretrained
+            pool.refill()
             pool.submit("save", "validate", outcome.best.to_dict(), str(out / "model"))
-            while not pool.wait(1.0):
-                pass
+            saved = []
+            while not saved:
+                saved = pool.wait(1.0)
+            if "error" in saved[0][1]:
+                raise UserError(f"saving the pruned model failed: {saved[0][1]['error']}")
         write_json_atomic(out / PROGRESS_FILE, {"spent": budget.elapsed, "phase": "done"})
         journal.append({"event": "done", "t": round(budget.elapsed, 3)})
         counts = {}

@@ -310,7 +310,7 @@ class Orchestrator:
                     self.tracker.log_validation(cid, {"eval_perplexity": res["perplexity"]})
             self._update()
         if running:
-            self.pool.abandon()
+            self.pool.abandon(replace=False)  # the search is over: no new workers
         validated = [{"id": e["id"], "policy": e["policy"], "proxy_loss": e["result"]["loss"], **done[e["id"]]}
                      for e in ranked if e["id"] in done and "error" not in done[e["id"]]]
         if validated:

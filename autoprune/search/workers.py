@@ -153,6 +153,7 @@ class WorkerPool:
         self.running: dict = {}  # object ref -> (actor, job)
         self.replaced = 0
         self.retried = 0
+        self.size = n
         self.actors = [self._cls.remote(asdict(spec)) for _ in range(n)]
         self.idle = list(self.actors)
         infos = ray.get([a.ready.remote() for a in self.actors])
@@ -161,10 +162,6 @@ class WorkerPool:
             raise UserError(errors[0])
         self.info = infos[0]
         self.pids = [i["pid"] for i in infos]
-
-    @property
-    def busy(self) -> int:
-        return len(self.running)
 
     @property
     def free(self) -> int:
@@ -188,7 +185,9 @@ class WorkerPool:
 
         if not self.running:
             return []
-        ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=max(0.0, timeout))
+        ready, rest = ray.wait(list(self.running), num_returns=1, timeout=max(0.0, timeout))
+        if ready and rest:  # whatever else has finished too, without waiting
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         done = []
         for ref in ready:
             actor, job = self.running.pop(ref)
@@ -214,22 +213,27 @@ class WorkerPool:
         self.retried += 1
         self.queue.appendleft(job)
 
-    def abandon(self) -> list[object]:
-        """Forget queued and running jobs (their workers are killed and replaced); their keys."""
+    def abandon(self, replace: bool = True) -> list[object]:
+        """Forget queued and running jobs; their workers are killed and, with ``replace``,
+        replaced by fresh ones. Returns the jobs' keys."""
         import ray
 
         keys = [j.key for j in self.queue] + [job.key for _, job in self.running.values()]
         self.queue.clear()
         for ref, (actor, _) in list(self.running.items()):
             ray.kill(actor)
-            fresh = self._cls.remote(asdict(self.spec))
-            self.actors[self.actors.index(actor)] = fresh
-            self.idle.append(fresh)
+            if replace:
+                fresh = self._cls.remote(asdict(self.spec))
+                self.actors[self.actors.index(actor)] = fresh
+                self.idle.append(fresh)
+            else:
+                self.actors.remove(actor)
         self.running.clear()
         return keys
 
-    def shutdown(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
+    def refill(self) -> None:
+        """Start workers again up to the pool's size (after ``abandon(replace=False)``)."""
+        while len(self.actors) < self.size:
+            fresh = self._cls.remote(asdict(self.spec))
+            self.actors.append(fresh)
+            self.idle.append(fresh)
