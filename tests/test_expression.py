@@ -77,7 +77,7 @@ def test_compiled_scores_have_weight_shape_and_need_g():
     ("mul(abs(W), X)", "mul(X, abs(W))"), ("mms(zscore(add(W, 0.5)))", "mms(W)"), ("add(W, neg(G))", "sub(W, G)"),
     ("mul(2, 0.5)", "1"), ("abs(mul(W, X))", "mul(X, abs(W))"), ("sqr(neg(W))", "sqr(W)"),
     ("div(W, 0.5)", "mul(2, W)"), ("mul(2, mul(0.5, W))", "W"), ("div(mul(2, W), X)", "mul(2, div(W, X))"),
-    ("mul(mul(2, W), G)", "mul(2, mul(G, W))"),
+    ("mul(mul(2, W), G)", "mul(2, mul(G, W))"), ("mul(W, W)", "sqr(W)"),
 ])
 def test_simplify_rules(text, simple):
     assert str(simplify(parse(text))) == simple

@@ -107,6 +107,8 @@ def _rewrite(e: Expr) -> Expr:
         return const(0.0)
     if op == "add" and a == b:
         return _rewrite(call("mul", const(2.0), a))
+    if op == "mul" and a == b:
+        return _rewrite(call("sqr", a))
     if op == "add" and b.op == "neg":
         return _rewrite(call("sub", a, b.args[0]))
     if op == "add" and a.op == "neg":
