@@ -73,13 +73,26 @@ def final_ppl(dense: torch.nn.Module, policy: Policy, calib: torch.Tensor, heldo
     return perplexity(model, heldout).perplexity, report.sparsity
 
 
+def evaluate_all(found: dict, proxy: RatioProxy, dense, calib, heldout, s: float) -> list[tuple]:
+    rows = []
+    for name, (policy, n, sec) in found.items():
+        kl = proxy.evaluate(policy).loss
+        ppl, achieved = final_ppl(dense, policy, calib, heldout)
+        if policy.allocation == "owl" and name != "owl":
+            ratios = f"lambda {policy.owl_lambda:.3f}, M {policy.owl_m:.2f}"
+        else:
+            ratios = " ".join(f"{r:.2f}" for r in policy.block_ratios or ())
+        rows.append((f"{s:g}", name, n, sec, kl, ppl, achieved, ratios))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.7])
     ap.add_argument("--space", default="per_block", help="allocation space for BO (search_spaces/allocation.yaml)")
     ap.add_argument("--sampler", default="tpe", choices=["tpe", "gp"])
     ap.add_argument("--bo-trials", type=int, default=60)
-    ap.add_argument("--rl-episodes", type=int, default=120)
+    ap.add_argument("--rl-episodes", type=int, default=120, help="0: BO only")
     ap.add_argument("--rl-algorithm", default="ppo", choices=["ppo", "sac", "ddpg"])
     ap.add_argument("--top-k", type=int, default=5, help="proxy-best allocations validated on calibration-side windows")
     ap.add_argument("--seed", type=int, default=0)
@@ -113,6 +126,9 @@ def main() -> None:
         best = select(dense, full, args.top_k, calib, select_windows)
         found[f"BO ({args.sampler}, {args.space})"] = (best, n, time.perf_counter() - t0)
 
+        if args.rl_episodes == 0:  # BO only
+            rows += evaluate_all(found, proxy, dense, calib, heldout, s)
+            continue
         rl_space = {**yaml.safe_load((SPACES / "rl.yaml").read_text()), "episodes": args.rl_episodes,
                     "algorithm": args.rl_algorithm}
         t0 = time.perf_counter()
@@ -121,11 +137,7 @@ def main() -> None:
         best = select(dense, full, args.top_k, calib, select_windows)
         found[f"RL ({args.rl_algorithm}, per block)"] = (best, n, time.perf_counter() - t0)
 
-        for name, (policy, n, sec) in found.items():
-            kl = proxy.evaluate(policy).loss
-            ppl, achieved = final_ppl(dense, policy, calib, heldout)
-            ratios = policy.block_ratios or ()
-            rows.append((f"{s:g}", name, n, sec, kl, ppl, achieved, " ".join(f"{r:.2f}" for r in ratios)))
+        rows += evaluate_all(found, proxy, dense, calib, heldout, s)
 
     print(f"\nstories260K, Wanda, proxy: KL on 16x256 windows of tinystories:0-499; "
           f"top {args.top_k} by proxy validated by the sequential protocol on 32x256 other windows of tinystories:0-499 "
