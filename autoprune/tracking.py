@@ -64,6 +64,14 @@ def candidate_params(entry: dict) -> dict[str, str]:
             "phase": entry["phase"], "policy": json.dumps(p)[:6000]}
 
 
+def _artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifacts of an embedded sqlite store beside its database (runs/mlartifacts), not in ./mlruns."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a server or other store decides
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts" / experiment.replace("/", "_")).resolve().as_uri()
+
+
 class Tracker:
     """One search's parent run; ``log_candidate`` queues a nested run for the writer thread."""
 
@@ -73,7 +81,8 @@ class Tracker:
         self.uri = uri
         self.client = _client(uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=_artifact_root(uri, experiment))
         if parent_run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=experiment.removeprefix(EXPERIMENT_PREFIX),
                                          tags={"autoprune.kind": "search"})
