@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("AUTOPRUNE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+# absolute, since tests change directory
+os.environ["AUTOPRUNE_DATA_DIR"] = str(Path(os.environ.get("AUTOPRUNE_DATA_DIR", ROOT.parent / "shared" / "data")).resolve())
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
