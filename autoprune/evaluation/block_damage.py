@@ -17,34 +17,8 @@ from torch import Tensor
 from autoprune.evaluation.ratio_proxy import RatioProxy
 from autoprune.models.layers import decoder_blocks
 from autoprune.pruning.allocation import outlier_ratio
+from autoprune.pruning.engine import capture_block_inputs
 from autoprune.pruning.metrics import wanda
-
-
-class _Stop(Exception):
-    pass
-
-
-@torch.no_grad()
-def block_inputs(model: torch.nn.Module, block: torch.nn.Module, windows: Tensor, batch_size: int) -> list[list]:
-    """[hidden, args, kwargs] that ``block`` receives for each batch (the model stops there)."""
-    captured: list[list] = []
-
-    def hook(_mod, args, kwargs):
-        hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
-        captured.append([hidden, rest, kwargs])
-        raise _Stop
-
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-    dev = next(model.parameters()).device
-    try:
-        for batch in windows.split(batch_size):
-            try:
-                model(batch.to(dev), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured
 
 
 def _forward(block: torch.nn.Module, inputs: list[list]) -> list[Tensor]:
@@ -64,7 +38,7 @@ class BlockDamage:
         _, self.modules = decoder_blocks(model)
         proxy.evaluator.restore()
         with torch.no_grad():
-            self.h0 = block_inputs(model, self.modules[0], windows, batch_size)
+            self.h0 = capture_block_inputs(model, self.modules[0], windows, batch_size)
             self.dense: list[list[Tensor]] = []
             h = [list(x) for x in self.h0]
             for block in self.modules:

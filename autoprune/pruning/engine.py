@@ -152,7 +152,8 @@ class _Captured(Exception):
     pass
 
 
-def _capture_block_inputs(model: nn.Module, block: nn.Module, windows: Tensor, batch_size: int) -> list[list]:
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, block: nn.Module, windows: Tensor, batch_size: int) -> list[list]:
     """[hidden, args, kwargs] of ``block`` for each batch: the model runs only up to the block."""
     captured: list[list] = []
 
@@ -201,7 +202,7 @@ def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_si
         X = collect_stats(model, windows, batch_size=batch_size, progress=progress).X
     ratios = block_ratios(policy, bls, X)
     per_layer = layer_ratios(policy, bls, ratios)
-    inputs = _capture_block_inputs(model, blocks[0], windows, batch_size)
+    inputs = capture_block_inputs(model, blocks[0], windows, batch_size)
     hessian = policy.update == "sparsegpt"
     for i in tqdm(range(len(blocks)), desc="pruning blocks", disable=not progress, leave=False):
         with StatsCollector(bls[i], hessian=hessian) as col:
