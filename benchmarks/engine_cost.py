@@ -95,12 +95,17 @@ def main() -> None:
                 lin.weight.data.copy_(dense[n])
 
     rows = []
+
+    def record(label: str, m: Meter) -> None:  # printed as measured, so a slow model still shows progress
+        rows.append((label, m.seconds, m.peak))
+        print(f"{label}: {m.seconds:.3f} s, {m.peak / 2**20:.1f} MiB", flush=True)
+
     stats = {}
     for label, kw in [("X (activation norms)", {}), ("X + H (Hessians)", {"hessian": True}),
                       ("X + G (gradients)", {"gradients": True})]:
         with Meter(dev) as m:
             stats[label] = collect_stats(model, windows, batch_size=args.batch_size, progress=False, **kw)
-        rows.append((f"collect {label}, once", m.seconds, m.peak))
+        record(f"collect {label}, once", m)
     for method, key in [("magnitude", "X (activation norms)"), ("wanda", "X (activation norms)"),
                         ("ria", "X (activation norms)"), ("sparsegpt", "X + H (Hessians)")]:
         policy = Policy.from_method(method, args.sparsity)
@@ -109,12 +114,12 @@ def main() -> None:
         with Meter(dev) as m:
             apply_policy(model, policy, stats[key])
         restore()
-        rows.append((f"one more policy, stats reused: {method}", m.seconds, m.peak))
+        record(f"one more policy, stats reused: {method}", m)
     for method in ["wanda", "sparsegpt"]:
         fresh = copy.deepcopy(model)
         with Meter(dev) as m:
             prune_sequential(fresh, Policy.from_method(method, args.sparsity), windows, args.batch_size, progress=False)
-        rows.append((f"full sequential protocol: {method}", m.seconds, m.peak))
+        record(f"full sequential protocol: {method}", m)
         del fresh
 
     table = Table(title=f"engine cost: {name}, {n_params / 1e6:.2f}M prunable weights, {args.windows}x{args.seqlen} "
