@@ -27,15 +27,14 @@ from autoprune.errors import UserError
 from autoprune.evaluation.proxy import ProxyEvaluator, ProxyResult
 from autoprune.pruning.allocation import block_ratios, layer_ratios
 from autoprune.pruning.engine import blocks_linears, model_sparsity, prune_linear
-from autoprune.pruning.masks import pruned_per_row
+from autoprune.pruning.masks import clean_scores, pruned_per_row
 from autoprune.pruning.metrics import resolve_metric
 from autoprune.pruning.policy import Policy
 
 
 def row_ranks(scores: Tensor) -> Tensor:
     """rank[i, j]: position of scores[i, j] in row i sorted ascending (NaN lowest, ties by column)."""
-    clean = torch.nan_to_num(scores.float(), nan=float("-inf"))
-    order = torch.sort(clean, dim=1, stable=True).indices  # (rows, cols)
+    order = torch.sort(clean_scores(scores), dim=1, stable=True).indices  # (rows, cols)
     dtype = torch.int16 if scores.shape[1] <= torch.iinfo(torch.int16).max else torch.int32
     ranks = torch.empty_like(order, dtype=dtype)
     ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device, dtype=dtype).expand_as(order))

@@ -8,7 +8,7 @@ from torch import Tensor
 from autoprune.errors import UserError
 
 
-def _clean(scores: Tensor) -> Tensor:
+def clean_scores(scores: Tensor) -> Tensor:
     # NaN scores rank lowest: a broken metric prunes those weights first, never crashes.
     return torch.nan_to_num(scores.float(), nan=float("-inf"))
 
@@ -30,7 +30,7 @@ def row_mask(scores: Tensor, sparsity: float) -> Tensor:
     mask = torch.ones(rows, cols, dtype=torch.bool, device=scores.device)
     k = int(counts.max())
     if k > 0:
-        idx = torch.topk(_clean(scores), k, dim=1, largest=False, sorted=True).indices  # (rows, k)
+        idx = torch.topk(clean_scores(scores), k, dim=1, largest=False, sorted=True).indices  # (rows, k)
         keep_slot = torch.arange(k, device=scores.device).unsqueeze(0) >= counts.unsqueeze(1)
         mask.scatter_(1, idx, keep_slot)
     return mask
@@ -41,7 +41,7 @@ def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
     rows, cols = scores.shape
     if cols % m:
         raise UserError(f"N:M pattern {n}:{m} needs the input size ({cols}) to be a multiple of {m}")
-    groups = _clean(scores).view(rows, cols // m, m)  # (rows, groups, m)
+    groups = clean_scores(scores).view(rows, cols // m, m)  # (rows, groups, m)
     idx = torch.topk(groups, m - n, dim=2, largest=False).indices
     mask = torch.ones_like(groups, dtype=torch.bool).scatter_(2, idx, False)
     return mask.view(rows, cols)

@@ -14,6 +14,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, ax, path: Path) -> Path:
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_layer_ratios(policies: list[tuple[str, list[float]]], path: Path) -> Path:
     """One line per (label, block ratios)."""
     plt = _pyplot()
@@ -24,11 +32,7 @@ def plot_layer_ratios(policies: list[tuple[str, list[float]]], path: Path) -> Pa
     ax.set_xlabel("decoder block")
     ax.set_ylabel("sparsity ratio")
     ax.set_title("layer-wise sparsity of the best policies")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_progress(entries: list[dict], path: Path) -> Path:
@@ -48,8 +52,4 @@ def plot_progress(entries: list[dict], path: Path) -> Path:
     ax.set_ylabel("proxy loss")
     ax.set_yscale("log")
     ax.set_title("search progress")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)

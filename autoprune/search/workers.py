@@ -54,16 +54,14 @@ class ProxyWorker:
         from autoprune.evaluation.proxy import ProxyEvaluator
         from autoprune.jobs.common import calibration_windows
         from autoprune.models import load_model
-        from autoprune.pruning.engine import collect_gradients, collect_stats
+        from autoprune.pruning.engine import collect_stats
 
         torch.set_num_threads(max(1, spec.threads))
         self.spec = spec
         self.lm = load_model(spec.model, spec.dtype, spec.device)
         self.calib = calibration_windows(self.lm.tokenizer, spec.calib, spec.calib_windows, spec.seqlen, spec.seed)
-        stats = collect_stats(self.lm.model, self.calib, hessian=False, batch_size=spec.batch_size, progress=False)
-        if spec.gradients:
-            with torch.enable_grad():
-                stats.grads = collect_gradients(self.lm.model, self.calib, spec.batch_size, progress=False)
+        stats = collect_stats(self.lm.model, self.calib, gradients=spec.gradients, batch_size=spec.batch_size,
+                              progress=False)
         # proxy windows: a second draw from the calibration set, apart from the statistics' windows
         proxy = calibration_windows(self.lm.tokenizer, spec.calib, spec.proxy_windows, spec.seqlen, spec.seed + 1)
         self.evaluator = ProxyEvaluator(self.lm.model, stats, proxy, spec.objective, spec.batch_size)
