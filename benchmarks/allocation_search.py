@@ -1,4 +1,4 @@
-"""BO and RL allocation search against the uniform and OWL allocations, full sequential protocol.
+"""BO and RL allocation search against the uniform, OWL and AlphaPruning allocations, full sequential protocol.
 
 For each target sparsity: one-shot Wanda statistics on 64 calibration windows (256 tokens,
 tinystories:0-499, seed 0), a KL-to-dense proxy on 16 other windows of tinystories:0-499
@@ -29,7 +29,7 @@ from autoprune.evaluation.proxy import ProxyEvaluator
 from autoprune.evaluation.ratio_proxy import RatioProxy
 from autoprune.jobs.common import calibration_windows, evaluation_windows
 from autoprune.models import load_model
-from autoprune.pruning.engine import collect_stats, prune_sequential
+from autoprune.pruning.engine import PruneReport, collect_stats, prune_sequential
 from autoprune.pruning.policy import Policy
 from autoprune.search.base import SearchContext, Strategy
 from autoprune.search.bo import BOStrategy
@@ -67,22 +67,22 @@ def select(dense, full: list[tuple[float, Policy]], k: int, calib: torch.Tensor,
     return min(top, key=lambda p: final_ppl(dense, p, calib, windows)[0])
 
 
-def final_ppl(dense: torch.nn.Module, policy: Policy, calib: torch.Tensor, heldout: torch.Tensor) -> tuple[float, float]:
+def final_ppl(dense: torch.nn.Module, policy: Policy, calib: torch.Tensor, heldout: torch.Tensor) -> tuple[float, PruneReport]:
     model = copy.deepcopy(dense)
     report = prune_sequential(model, policy, calib, progress=False)
-    return perplexity(model, heldout).perplexity, report.sparsity
+    return perplexity(model, heldout).perplexity, report
 
 
 def evaluate_all(found: dict, proxy: RatioProxy, dense, calib, heldout, s: float) -> list[tuple]:
     rows = []
     for name, (policy, n, sec) in found.items():
         kl = proxy.evaluate(policy).loss
-        ppl, achieved = final_ppl(dense, policy, calib, heldout)
+        ppl, report = final_ppl(dense, policy, calib, heldout)
         if policy.allocation == "owl" and name != "owl":
             ratios = f"lambda {policy.owl_lambda:.3f}, M {policy.owl_m:.2f}"
         else:
-            ratios = " ".join(f"{r:.2f}" for r in policy.block_ratios or ())
-        rows.append((f"{s:g}", name, n, sec, kl, ppl, achieved, ratios))
+            ratios = " ".join(f"{r:.2f}" for r in report.block_ratios)
+        rows.append((f"{s:g}", name, n, sec, kl, ppl, report.sparsity, ratios))
     return rows
 
 
@@ -116,7 +116,8 @@ def main() -> None:
         sizes = tuple({n.split(".", 3)[3]: lin.weight.numel() for n, lin in blk.items()} for blk in proxy.blocks)
         run_dir = Path(tempfile.mkdtemp(prefix=f"alloc-{s:g}-"))
         ctx = SearchContext(base, sizes, evaluator.max_batches, args.seed, run_dir)
-        found = {"uniform": (base, 1, 0.0), "owl": (Policy.from_method("wanda", s, allocation="owl"), 1, 0.0)}
+        found = {"uniform": (base, 1, 0.0), "owl": (Policy.from_method("wanda", s, allocation="owl"), 1, 0.0),
+                 f"alpha (eps {Policy.alpha_eps:g})": (Policy.from_method("wanda", s, allocation="alpha"), 1, 0.0)}
 
         bo_space = {**yaml.safe_load((SPACES / "bo.yaml").read_text()), "allocation": args.space,
                     "sampler": args.sampler, "n_trials": args.bo_trials}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from dataclasses import replace
 
 from rich.console import Console
 from rich.table import Table
@@ -34,7 +35,9 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--windows", type=int, default=64)
     ap.add_argument("--methods", default="magnitude,wanda,ria,sparsegpt")
-    ap.add_argument("--allocation", default="uniform")
+    ap.add_argument("--allocation", default="uniform", help="uniform, owl or alpha (for the unstructured columns)")
+    ap.add_argument("--alpha-eps", type=float, default=Policy.alpha_eps,
+                    help="AlphaPruning's epsilon (with --allocation alpha)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -55,7 +58,8 @@ def main() -> None:
             model = copy.deepcopy(lm.model)
             alloc = args.allocation if pattern == "unstructured" else "uniform"
             t0 = time.perf_counter()
-            prune_sequential(model, Policy.from_method(method, sparsity, pattern, alloc), calib, progress=False)
+            policy = replace(Policy.from_method(method, sparsity, pattern, alloc), alpha_eps=args.alpha_eps)
+            prune_sequential(model, policy, calib, progress=False)
             secs.append(time.perf_counter() - t0)
             cells.append(f"{perplexity(model, evalw).perplexity:.3f}")
         table.add_row(method, *cells, f"{sum(secs) / len(secs):.1f}")

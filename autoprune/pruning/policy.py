@@ -13,7 +13,7 @@ from pathlib import Path
 
 from autoprune.errors import UserError
 
-ALLOCATIONS = ("uniform", "owl", "explicit")
+ALLOCATIONS = ("uniform", "owl", "alpha", "explicit")
 UPDATES = ("none", "sparsegpt")
 METHODS = ("magnitude", "wanda", "ria", "sparsegpt")
 
@@ -55,7 +55,9 @@ class Policy:
     """``metric`` is a named metric (magnitude, wanda, ria, sparsegpt) or a metric expression.
 
     ``sparsity`` is the global fraction of prunable weights removed. ``allocation`` spreads it
-    over blocks: ``uniform``; ``owl`` (outlier-weighted, lambda and M as in the OWL paper); or
+    over blocks: ``uniform``; ``owl`` (outlier-weighted, lambda and M as in the OWL paper);
+    ``alpha`` (AlphaPruning, from the weights' spectra: blocks with heavier-tailed ESDs are
+    pruned less; ratios in proportion to [1 - alpha_eps, 1 + alpha_eps], scaled to S); or
     ``explicit`` with one ratio per block in ``block_ratios`` and, optionally, ``layer_ratios``:
     per block, linear name within the block -> its own ratio (the others keep the block's).
     ``pattern`` is ``unstructured``
@@ -71,6 +73,7 @@ class Policy:
     layer_ratios: tuple[tuple[tuple[str, float], ...], ...] | None = None  # JSON: one object per block
     owl_lambda: float = 0.08
     owl_m: float = 5.0
+    alpha_eps: float = 0.3  # the released AlphaPruning code's default
     update: str = "none"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -84,6 +87,9 @@ class Policy:
                 raise UserError(f"pattern {self.pattern} fixes sparsity at {implied:g}, not {self.sparsity:g}")
             if self.allocation != "uniform":
                 raise UserError(f"pattern {self.pattern} needs allocation 'uniform'")
+        if (not isinstance(self.alpha_eps, (int, float)) or isinstance(self.alpha_eps, bool)
+                or not 0 <= self.alpha_eps < 1 or math.isnan(self.alpha_eps)):
+            raise UserError(f"alpha_eps must be in [0, 1), got {self.alpha_eps!r}")
         if self.allocation not in ALLOCATIONS:
             raise UserError(f"unknown allocation {self.allocation!r} (choose {', '.join(ALLOCATIONS)})")
         if (self.allocation == "explicit") != (self.block_ratios is not None):
