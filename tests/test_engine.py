@@ -102,8 +102,11 @@ def test_kl_to_dense(stories, fresh_model, calib):
     ref = DenseReference(stories.model, calib[:4], batch_size=2)
     assert kl_to_dense(stories.model, ref) == pytest.approx(0.0, abs=1e-6)
     prune_sequential(fresh_model, Policy.from_method("magnitude", 0.5), calib, progress=False)
-    kl_all, kl_first = kl_to_dense(fresh_model, ref), kl_to_dense(fresh_model, ref, limit=1)
+    kl_all, kl_first = kl_to_dense(fresh_model, ref), kl_to_dense(fresh_model, ref, windows=3)
     assert kl_all > 0.1 and math.isfinite(kl_first) and kl_first != kl_all
+    # the forward batch size changes how windows are grouped, never the value
+    one_by_one = DenseReference(stories.model, calib[:4], batch_size=1)
+    assert kl_to_dense(fresh_model, one_by_one, windows=3) == pytest.approx(kl_first, rel=1e-5)
 
 
 def test_policy_round_trip(tmp_path):

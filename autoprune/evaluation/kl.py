@@ -19,22 +19,22 @@ class DenseReference:
         self.batch_size = batch_size
         dev = next(model.parameters()).device
         with torch.no_grad():
-            self.logprobs = [F.log_softmax(model(b.to(dev), use_cache=False).logits.float(), dim=-1).to(dtype)
-                             for b in windows.split(batch_size)]
+            self.logprobs = torch.cat([F.log_softmax(model(b.to(dev), use_cache=False).logits.float(), dim=-1).to(dtype)
+                                       for b in windows.split(batch_size)])
 
 
 @torch.no_grad()
-def kl_to_dense(model: nn.Module, reference: DenseReference, limit: int | None = None) -> float:
+def kl_to_dense(model: nn.Module, reference: DenseReference, windows: int | None = None) -> float:
     """Mean over tokens of sum_v p_dense(v) (log p_dense(v) - log p_model(v)).
 
-    ``limit`` uses only the first ``limit`` batches of the reference (a cheaper, lower fidelity).
+    ``windows`` uses only the first ``windows`` reference windows (a cheaper, lower fidelity);
+    they are forwarded ``reference.batch_size`` at a time, however few they are.
     """
     dev = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    pairs = list(zip(reference.windows.split(reference.batch_size), reference.logprobs))
-    for batch, ref in pairs[:limit]:
+    ids, ref = reference.windows[:windows], reference.logprobs[:windows]
+    total = 0.0
+    for batch, logp in zip(ids.split(reference.batch_size), ref.split(reference.batch_size)):
         logq = F.log_softmax(model(batch.to(dev), use_cache=False).logits.float(), dim=-1)
-        logp = ref.float()
+        logp = logp.float()
         total += (logp.exp() * (logp - logq)).sum().item()
-        tokens += batch.numel()
-    return total / tokens
+    return total / ids.numel()

@@ -49,14 +49,20 @@ class ProxyResult:
 
 class ProxyEvaluator:
     def __init__(self, model: nn.Module, stats: CalibrationStats, proxy_windows: Tensor,
-                 objective: str = "kl", batch_size: int = 8, cache: bool = True):
+                 objective: str = "kl", batch_size: int = 8, cache: bool = True, proxy_batch: int | None = None):
+        """``batch_size`` windows go through the model at a time; fidelity is counted in proxy
+        batches of ``proxy_batch`` windows (default ``batch_size``), so a low-fidelity rung can be
+        smaller than a forward batch."""
         if objective not in OBJECTIVES:
             raise UserError(f"unknown proxy objective {objective!r} (choose {', '.join(OBJECTIVES)})")
+        if proxy_batch is not None and proxy_batch < 1:
+            raise UserError("proxy batch must be at least one window")
         self.model = model
         self.stats = stats
         self.windows = proxy_windows
         self.objective = objective
         self.batch_size = batch_size
+        self.proxy_batch = proxy_batch or batch_size
         self.linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
         self._dense = {n: lin.weight.data.clone() for n, lin in self.linears.items()}
         self.reference = DenseReference(model, proxy_windows, batch_size) if objective == "kl" else None
@@ -67,7 +73,7 @@ class ProxyEvaluator:
 
     @property
     def max_batches(self) -> int:
-        return math.ceil(len(self.windows) / self.batch_size)
+        return math.ceil(len(self.windows) / self.proxy_batch)
 
     def restore(self) -> None:
         for n, lin in self.linears.items():
@@ -75,9 +81,9 @@ class ProxyEvaluator:
 
     def loss(self, batches: int | None = None) -> tuple[float, int]:
         """Proxy loss of the model as it is now, on the first ``batches`` proxy batches."""
-        n = len(self.windows) if batches is None else min(len(self.windows), batches * self.batch_size)
+        n = len(self.windows) if batches is None else min(len(self.windows), batches * self.proxy_batch)
         if self.objective == "kl":
-            return kl_to_dense(self.model, self.reference, batches), self.windows[:n].numel()
+            return kl_to_dense(self.model, self.reference, n), self.windows[:n].numel()
         res = perplexity(self.model, self.windows[:n], self.batch_size)
         return res.perplexity, res.tokens
 

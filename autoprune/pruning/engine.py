@@ -59,13 +59,16 @@ def blocks_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
     return [{f"{path}.{i}.{n}": lin for n, lin in prunable_linears(b).items()} for i, b in enumerate(blocks)]
 
 
+def _zeros(bls: list[dict[str, nn.Linear]]) -> tuple[dict[str, float], dict[str, int]]:
+    """(fraction of exactly-zero weights, number of weights) of every linear, by full name."""
+    linears = {n: lin for bl in bls for n, lin in bl.items()}
+    return ({n: (lin.weight == 0).float().mean().item() for n, lin in linears.items()},
+            {n: lin.weight.numel() for n, lin in linears.items()})
+
+
 def model_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
     """(global, per-layer) fraction of exactly-zero weights in the prunable linears."""
-    per_layer, sizes = {}, {}
-    for linears in blocks_linears(model):
-        for name, lin in linears.items():
-            per_layer[name] = (lin.weight == 0).float().mean().item()
-            sizes[name] = lin.weight.numel()
+    per_layer, sizes = _zeros(blocks_linears(model))
     return global_sparsity_of(per_layer, sizes), per_layer
 
 
@@ -129,9 +132,8 @@ def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G
         W.mul_(mask)
 
 
-def _finish(model: nn.Module, ratios: list[float], t0: float) -> PruneReport:
-    _, per_layer = model_sparsity(model)
-    sizes = {n: lin.weight.numel() for bl in blocks_linears(model) for n, lin in bl.items()}
+def _finish(bls: list[dict[str, nn.Linear]], ratios: list[float], t0: float) -> PruneReport:
+    per_layer, sizes = _zeros(bls)
     return PruneReport(ratios, per_layer, sizes, time.perf_counter() - t0)
 
 
@@ -145,7 +147,7 @@ def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats) -> P
     for linears in bls:
         for name, lin in linears.items():
             prune_linear(lin, per_layer[name], policy, stats.layers[name], stats.grads[name] if stats.grads else None)
-    return _finish(model, ratios, t0)
+    return _finish(bls, ratios, t0)
 
 
 class _Captured(Exception):
@@ -211,4 +213,4 @@ def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_si
             prune_linear(lin, per_layer[name], policy, col.stats[name], grads[name] if grads else None)
         del col
         _run_block(blocks[i], inputs)  # the pruned block's outputs feed the next block
-    return _finish(model, ratios, t0)
+    return _finish(bls, ratios, t0)

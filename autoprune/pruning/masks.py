@@ -24,14 +24,19 @@ def pruned_per_row(rows: int, cols: int, sparsity: float) -> torch.Tensor:
 
 
 def row_mask(scores: Tensor, sparsity: float) -> Tensor:
-    """Keep all but the lowest scores of every row (``pruned_per_row`` of them)."""
+    """Keep all but the lowest scores of every row (``pruned_per_row`` of them).
+
+    Rows lose k or k - 1 weights: the k lowest of every row are found unsorted (cheaper than a
+    sorted top-k), and rows that lose only k - 1 keep the highest of their k.
+    """
     rows, cols = scores.shape
     counts = pruned_per_row(rows, cols, sparsity).to(scores.device)
     mask = torch.ones(rows, cols, dtype=torch.bool, device=scores.device)
     k = int(counts.max())
     if k > 0:
-        idx = torch.topk(clean_scores(scores), k, dim=1, largest=False, sorted=True).indices  # (rows, k)
-        keep_slot = torch.arange(k, device=scores.device).unsqueeze(0) >= counts.unsqueeze(1)
+        vals, idx = torch.topk(clean_scores(scores), k, dim=1, largest=False, sorted=False)  # (rows, k)
+        keep_slot = torch.zeros_like(idx, dtype=torch.bool)
+        keep_slot.scatter_(1, vals.argmax(dim=1, keepdim=True), (counts < k).unsqueeze(1))
         mask.scatter_(1, idx, keep_slot)
     return mask
 
