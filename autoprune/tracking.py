@@ -168,9 +168,8 @@ class Tracker:
         self.client.set_terminated(self.parent_run_id, status)
 
 
-def leaderboard(uri: str, experiment: str | None = None, top: int = 10) -> list[dict]:
-    """The ``top`` candidates by proxy loss over one experiment (or every autoprune experiment)."""
-    client = _client(uri)
+def _searches(client, uri: str, experiment: str | None) -> dict[str, str]:
+    """Experiment id -> search name, for one experiment (or every autoprune experiment)."""
     if experiment is not None:
         exp = client.get_experiment_by_name(experiment) or client.get_experiment_by_name(EXPERIMENT_PREFIX + experiment)
         if exp is None:
@@ -178,9 +177,15 @@ def leaderboard(uri: str, experiment: str | None = None, top: int = 10) -> list[
         exps = [exp]
     else:
         exps = [e for e in client.search_experiments() if e.name.startswith(EXPERIMENT_PREFIX)]
-    if not exps:
+    return {e.experiment_id: e.name.removeprefix(EXPERIMENT_PREFIX) for e in exps}
+
+
+def leaderboard(uri: str, experiment: str | None = None, top: int = 10) -> list[dict]:
+    """The ``top`` candidates by proxy loss over one experiment (or every autoprune experiment)."""
+    client = _client(uri)
+    names = _searches(client, uri, experiment)
+    if not names:
         return []
-    names = {e.experiment_id: e.name.removeprefix(EXPERIMENT_PREFIX) for e in exps}
     runs = client.search_runs(list(names), "tags.`autoprune.kind` = 'candidate' and metrics.fidelity = 1",
                               order_by=["metrics.proxy_loss ASC"], max_results=top)
     return [{"search": names[r.info.experiment_id], "candidate": int(r.data.tags[CANDIDATE_TAG]),
@@ -188,3 +193,21 @@ def leaderboard(uri: str, experiment: str | None = None, top: int = 10) -> list[
              "allocation": r.data.params.get("allocation", ""), "proxy_loss": r.data.metrics.get("proxy_loss"),
              "sparsity": r.data.metrics.get("sparsity"), "eval_perplexity": r.data.metrics.get("eval_perplexity"),
              "run_id": r.info.run_id} for r in runs]
+
+
+def baselines(uri: str, experiment: str | None = None) -> list[dict]:
+    """Per finished search that validated baselines: {"search", "winner" (its eval perplexity),
+    "baselines" (name -> eval perplexity)}, from the search runs' ``baseline_<name>_ppl`` metrics."""
+    client = _client(uri)
+    names = _searches(client, uri, experiment)
+    if not names:
+        return []
+    out = []
+    for r in client.search_runs(list(names), "tags.`autoprune.kind` = 'search'", max_results=1000):
+        m = r.data.metrics
+        found = {k.removeprefix("baseline_").removesuffix("_ppl"): v for k, v in sorted(m.items())
+                 if k.startswith("baseline_") and k.endswith("_ppl")}
+        if found:
+            out.append({"search": names[r.info.experiment_id], "winner": m.get("best_eval_perplexity"),
+                        "baselines": found})
+    return out

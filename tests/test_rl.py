@@ -141,3 +141,52 @@ def test_bad_input(proxy, tmp_path):
         RLStrategy(ctx, {"agent": {"no_such_argument": 1}})
     with pytest.raises(UserError, match=r"bounds \[0, 0.5\] cannot meet the target sparsity 0.6"):
         RLStrategy(ctx, {"bounds": [0.0, 0.5]})
+
+
+def test_block_damage_calls_leave_the_model_dense(proxy, damage):
+    dense = {n: lin.weight.clone() for n, lin in proxy.evaluator.linears.items()}
+    units = make_units(sizes_of(proxy), "linear")
+    damage.features(units)
+    damage.reset()
+    for unit in units[:9]:  # into the second block, mid-way
+        assert damage.step(unit, 0.7) > 0
+        assert all(torch.equal(dense[n], lin.weight) for n, lin in proxy.evaluator.linears.items())
+
+
+@pytest.fixture(scope="module")
+def worker():
+    from dataclasses import asdict
+
+    from autoprune.search.workers import ProxyWorker, WorkerSpec
+
+    spec = WorkerSpec("stories260K", calib_windows=8, proxy_windows=8, eval_windows=8, seqlen=128, gradients=False,
+                      device="cpu", dtype="float32")
+    w = ProxyWorker(asdict(spec))
+    assert w.ready()["error"] is None
+    return w
+
+
+def test_evaluate_between_damage_steps_on_a_worker_changes_nothing(worker):
+    sizes = tuple(dict(b) for b in worker.ready()["block_sizes"])
+    units = make_units(sizes, "linear")
+    ratios = np.linspace(0.2, 0.9, len(units))
+    assert worker.damage_start(BASE.to_dict()) is None
+    features = worker.damage("features", units)
+    worker.damage("reset")
+    alone = [worker.damage("step", u, r) for u, r in zip(units, ratios)]
+    others = [Policy(sparsity=0.6, allocation="explicit", block_ratios=[0.3, 0.9, 0.5, 0.7, 0.6]),  # the damage's ranks
+              Policy(metric="magnitude", sparsity=0.6, allocation="explicit", block_ratios=[0.6] * 5),  # new ranks
+              Policy.from_method("ria", 0.6, allocation="owl")]  # pruned from scratch
+    expected = [worker.evaluate(p.to_dict())["loss"] for p in others]
+    dense = {n: lin.weight.clone() for n, lin in worker.evaluator.linears.items()}
+    worker.damage("reset")
+    interleaved = []
+    for i, (u, r) in enumerate(zip(units, ratios)):
+        interleaved.append(worker.damage("step", u, r))
+        assert worker.evaluate(others[i % 3].to_dict())["loss"] == expected[i % 3]
+    assert interleaved == alone and sum(d > 0 for d in alone) >= len(units) - 2
+    assert np.array_equal(worker.damage("features", units), features)
+    assert all(torch.equal(dense[n], lin.weight) for n, lin in worker.evaluator.linears.items())
+    assert "2:4" in worker.damage_start(Policy.from_method("wanda", 0.5, "2:4").to_dict())
+    with pytest.raises(RuntimeError, match="no block damage"):
+        worker.damage("step", units[0], 0.5)

@@ -119,6 +119,127 @@ def test_leaderboard_lists_the_search(scenario):
     assert "proxy loss" in p.stdout and "random" in p.stdout
 
 
+RL = ["--model", "stories260K", "--sparsity", "0.5", "--strategies", "rl", "--calib-windows", "16",
+      "--proxy-windows", "8", "--eval-windows", "16", "--top-k", "2"]
+
+
+def _events(journal: Path, kind: str) -> list[dict]:
+    return [e for e in map(json.loads, journal.read_text().splitlines()) if e["event"] == kind]
+
+
+@pytest.fixture(scope="module")
+def rl_search(tmp_path_factory):
+    """An RL search killed mid-allocation, resumed, killed again once a baseline is validated
+    (when that comes before it finishes) and resumed to the end."""
+    cwd = tmp_path_factory.mktemp("rl")
+    journal = cwd / "runs" / "rl" / "journal.jsonl"
+    first = _start(["search", *RL, "--budget", "100s", "--out", "runs/rl"], cwd)
+    _wait_for(lambda: len(_results(journal)) >= 3, 150, first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = set(_results(journal))
+    proc = _start(["search", "--resume", "--out", "runs/rl"], cwd)
+    end = time.monotonic() + 200
+    while proc.poll() is None and not _events(journal, "baseline") and time.monotonic() < end:
+        time.sleep(0.1)
+    if proc.poll() is None:  # validating: a resume must not validate the journalled baselines again
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc = _start(["search", "--resume", "--out", "runs/rl"], cwd)
+    text, _ = proc.communicate(timeout=200)
+    return {"cwd": cwd, "out": cwd / "runs" / "rl", "before": before, "rc": proc.returncode, "text": text}
+
+
+def test_rl_episodes_get_per_step_rewards_in_every_session(rl_search):
+    assert rl_search["rc"] == 0, rl_search["text"]
+    episodes = {e["id"]: e["tag"]["damages"] for e in _events(rl_search["out"] / "journal.jsonl", "submit")}
+    resumed = [cid for cid in episodes if cid not in rl_search["before"]]
+    assert len(episodes) >= 4 and resumed
+    for damages in episodes.values():  # one per block; a step without the oracle would be exactly 0
+        assert len(damages) == 5 and all(d != 0 for d in damages) and sum(damages) > 0
+
+
+def test_baselines_are_validated_once_and_reported_beside_the_winner(rl_search):
+    from mlflow.tracking import MlflowClient
+
+    from autoprune.pruning.policy import ALLOCATIONS
+
+    out = rl_search["out"]
+    names = [e["name"] for e in _events(out / "journal.jsonl", "baseline")]
+    assert names and len(names) == len(set(names))  # none validated twice across the sessions
+    rows = json.loads((out / "summary.json").read_text())["baselines"]
+    expected = ["dense", "uniform", "owl"] + (["alpha"] if "alpha" in ALLOCATIONS else [])
+    assert [r["name"] for r in rows] == expected
+    done = {r["name"]: r for r in rows if "skipped" not in r}
+    assert set(names) == set(done) and "dense" in done
+    assert all(r["skipped"] == "did not fit in the validation time left" for r in rows if "skipped" in r)
+    for name, r in done.items():
+        if name != "dense":
+            assert r["policy"]["metric"] == "wanda" and r["policy"]["allocation"] == name
+            assert r["sparsity"] == pytest.approx(0.5, abs=0.01) and r["perplexity"] > done["dense"]["perplexity"]
+    assert "baseline: dense" in rl_search["text"] and "baseline: uniform (wanda)" in rl_search["text"]
+    track = json.loads((out / "tracking.json").read_text())
+    client = MlflowClient(f"sqlite:///{rl_search['cwd']}/runs/mlflow.db")
+    metrics = client.get_run(track["parent_run_id"]).data.metrics
+    assert metrics["baseline_dense_ppl"] == pytest.approx(done["dense"]["perplexity"])
+    p = subprocess.run(CLI + ["leaderboard", "--experiment", "rl"], cwd=rl_search["cwd"], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert p.returncode == 0 and "winner and baselines" in p.stdout, p.stderr
+
+
+def test_remote_damage_interleaves_with_pool_jobs_and_survives_its_worker(tmp_path):
+    import ray
+
+    from autoprune.jobs.search import ray_temp_dir
+    from autoprune.search.rl_env import make_units
+    from autoprune.search.workers import WorkerPool, WorkerSpec
+
+    def finish(pool):
+        end = time.monotonic() + 120
+        while not (done := pool.wait(1.0)):
+            assert time.monotonic() < end
+        return done[0][1]
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=ray_temp_dir(tmp_path))
+    try:
+        spec = WorkerSpec("stories260K", calib_windows=8, proxy_windows=8, eval_windows=8, seqlen=128,
+                          gradients=False, device="cpu", dtype="float32")
+        pool = WorkerPool(spec, 1)
+        units = make_units(tuple(pool.info["block_sizes"]), "block")
+        base = Policy.from_method("wanda", 0.5)
+        damage = pool.damage(base.to_dict())
+        assert damage.error is None and damage.features(units).shape == (5, 2)
+        damage.reset()
+        alone = [damage.step(u, r) for u, r in zip(units, (0.4, 0.6, 0.5))]
+        damage.reset()
+        interleaved = [damage.step(units[0], 0.4)]
+        pool.submit("job", "evaluate", base.to_dict())  # a pool job between two steps, on the same worker
+        assert finish(pool)["error"] is None and pool.free == 1
+        interleaved += [damage.step(units[1], 0.6), damage.step(units[2], 0.5)]
+        assert interleaved == alone and all(d > 0 for d in alone)
+
+        ray.kill(pool.actors[0])  # the worker dies mid-episode: the steps left report no damage
+        assert damage.step(units[3], 0.5) == 0.0 and damage.lost_steps == 1
+        pool.submit("retried", "evaluate", base.to_dict())  # the pool finds it dead, replaces it, retries
+        assert finish(pool)["error"] is None and pool.replaced == 1
+        damage.reset()  # the next episode rebuilds the block damage on the replacement
+        assert [damage.step(u, r) for u, r in zip(units, (0.4, 0.6, 0.5))] == pytest.approx(alone)
+        damage.close()
+        assert damage.step(units[3], 0.5) == 0.0 and damage.lost_steps == 2
+    finally:
+        ray.shutdown()
+
+
+def test_baselines_choice_and_bad_input(capsys):
+    from autoprune.search.baselines import baseline_policies
+
+    todo, skipped = baseline_policies(Policy.from_method("wanda", 0.5, "2:4"), ["uniform", "owl"])
+    assert list(todo) == ["dense", "uniform"] and todo["dense"] is None and "2:4" in skipped["owl"]
+    assert todo["uniform"] == Policy.from_method("wanda", 0.5, "2:4")
+    assert baseline_policies(Policy(), []) == ({}, {})
+    _one_line_error(["search", *RL, "--baselines", "uniform,best"], capsys, "choose distinct names from")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from autoprune.tracking import check_uri, leaderboard
+    from autoprune.tracking import baselines, check_uri, leaderboard
 
     rows = leaderboard(check_uri(args.tracking_uri), args.experiment, args.top)
     table = Table(title=f"autoprune leaderboard ({args.tracking_uri})")
@@ -34,5 +34,26 @@ def run(args: argparse.Namespace) -> int:
         ppl = r["eval_perplexity"]
         table.add_row(str(i), r["search"], str(r["candidate"]), r["strategy"], r["expression"], r["allocation"],
                       f"{r['proxy_loss']:.4f}", f"{r['sparsity']:.4f}", f"{ppl:.3f}" if ppl is not None else "-")
-    Console().print(table if rows else "no candidates recorded yet")
+    console = Console()
+    console.print(table if rows else "no candidates recorded yet")
+    searches = baselines(args.tracking_uri, args.experiment)
+    if searches:
+        console.print(_baselines_table(searches))
     return 0
+
+
+def _baselines_table(searches: list[dict]):
+    """Each search's validated winner beside its baselines (held-out perplexity)."""
+    from rich.table import Table
+
+    from autoprune.pruning.policy import ALLOCATIONS
+
+    rank = {n: i for i, n in enumerate(["dense", *ALLOCATIONS])}  # the dense model first, then as policy.py lists
+    cols = sorted({name for s in searches for name in s["baselines"]}, key=lambda n: (rank.get(n, len(rank)), n))
+    table = Table(title="winner and baselines (eval ppl, full protocol)")
+    for col in ("search", "winner", *cols):
+        table.add_column(col, justify="left" if col == "search" else "right")
+    for s in searches:
+        cells = [s["baselines"].get(n) for n in cols]
+        table.add_row(s["search"], *(f"{v:.3f}" if v is not None else "-" for v in (s["winner"], *cells)))
+    return table

@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: autoprune/<out folder name>)")
     p.add_argument("--top-k", type=int, help="candidates fully validated at the end (default: 3)")
+    p.add_argument("--baselines", help="allocations of the base metric validated beside the winner, after its "
+                                       "top-k and as time allows, with the dense model: comma-separated from "
+                                       "uniform, owl, alpha, or none (default: uniform,owl,alpha)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/search)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     p.add_argument("--save-model", action="store_true", help="also save the pruned model (save_pretrained)")
@@ -123,6 +126,9 @@ class SearchView:
         t.add_row("proxy loss", f"{res.proxy_loss:.4f}" if res.proxy_loss is not None else "-")
         t.add_row(f"perplexity on {self.cfg.eval}", f"{res.perplexity:.3f}" if res.perplexity is not None
                   else "not validated (budget spent)")
+        for b in res.baselines:
+            t.add_row(f"baseline: {b['name']}" + (f" ({b['policy']['metric']})" if b["policy"] else ""),
+                      _baseline(b))
         t.add_row("candidates", ", ".join(f"{k} {v}" for k, v in res.candidates.items()))
         t.add_row("workers replaced / candidates retried", f"{res.replaced} / {res.retried}")
         t.add_row("seconds (this run)", f"{res.seconds:.1f}")
@@ -130,10 +136,23 @@ class SearchView:
         self.console.print(t)
 
 
+def _baseline(row: dict) -> str:
+    """A baseline's perplexity and the winner's relative improvement over it, or why it was skipped."""
+    if "skipped" in row:
+        return f"skipped: {row['skipped']}"
+    text = f"{row['perplexity']:.3f}"
+    if row.get("improvement") is not None:
+        gain = row["improvement"]
+        text += f" (winner {abs(gain):.1%} {'lower' if gain >= 0 else 'higher'})"
+    return text
+
+
 def _describe(policy: dict) -> str:
     alloc = policy["allocation"]
     if alloc == "owl":
         alloc = f"owl(l={policy['owl_lambda']:g})"
+    elif alloc == "alpha":
+        alloc = f"alpha(eps={policy['alpha_eps']:g})"
     elif alloc == "explicit":
         alloc = "[" + " ".join(f"{r:.2f}" for r in policy["block_ratios"]) + "]"
     return f"{policy['metric']} / {alloc}"

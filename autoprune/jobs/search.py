@@ -54,6 +54,7 @@ class SearchConfig(Config):
     experiment: str | None = None  # None: autoprune/<out folder name>
     out: Path = Path("runs/search")
     top_k: int = 3
+    baselines: str = "uniform,owl,alpha"  # allocations validated beside the winner (search.baselines); "none"
     save_model: bool = False
     seed: int = 0
     device: str = "auto"
@@ -75,6 +76,9 @@ class SearchConfig(Config):
         names = self.strategy_names
         if not names or any(n not in REGISTRY for n in names):
             raise UserError(f"unknown strategies {self.strategies!r} (choose from {', '.join(REGISTRY)})")
+        from autoprune.search.baselines import parse_baselines
+
+        parse_baselines(self.baselines)
         for field in ("workers", "calib_windows", "proxy_windows", "batch_size", "top_k"):
             if getattr(self, field) <= 0:
                 raise UserError(f"{field.replace('_', '-')} must be positive, got {getattr(self, field)}")
@@ -93,6 +97,7 @@ class SearchResult:
     perplexity: float | None
     candidates: dict[str, int]  # strategy -> candidates evaluated (this search, all sessions)
     validated: list[dict]
+    baselines: list[dict]  # beside the winner, same protocol (see autoprune.search.baselines.report)
     seconds: float  # wall time of this session
     retried: int
     replaced: int
@@ -109,7 +114,8 @@ def resume_config(out: Path, given: dict) -> SearchConfig:
     for k, v in given.items():
         if k in RESUMABLE and v != getattr(old, k):
             raise UserError(f"{out} was started with {k.replace('_', '-')}={getattr(old, k)!r}, not {v!r}")
-    keep = {k: v for k, v in given.items() if k in ("budget", "workers", "ray_address", "tracking_uri", "save_model")}
+    keep = {k: v for k, v in given.items()
+            if k in ("budget", "workers", "ray_address", "tracking_uri", "save_model", "baselines")}
     return replace(old, **keep)
 
 
@@ -190,6 +196,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     session_start = spent
     import ray
 
+    from autoprune.search.baselines import parse_baselines, tracking_metrics
     from autoprune.search.orchestrator import Orchestrator
     from autoprune.search.workers import WorkerPool, WorkerSpec
     from autoprune.tracking import Tracker
@@ -220,7 +227,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
                 on_update(status)
 
         orch = Orchestrator(pool, journal, budget, base, cfg.strategy_names, out, cfg.seed, tracker,
-                            top_k=cfg.top_k, on_update=update)
+                            top_k=cfg.top_k, on_update=update, baselines=parse_baselines(cfg.baselines))
         for e in orch.entries():  # candidates an interrupted session journalled but did not log
             tracker.log_candidate(e)
         outcome = orch.run()
@@ -239,9 +246,9 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
         for e in orch.entries():
             counts[e["strategy"]] = counts.get(e["strategy"], 0) + 1
         tracker.finish({"best_proxy_loss": outcome.proxy_loss, "best_eval_perplexity": outcome.perplexity,
-                        "candidates": sum(counts.values())}, artifacts)
+                        "candidates": sum(counts.values()), **tracking_metrics(outcome.baselines)}, artifacts)
         return SearchResult(out, outcome.best, outcome.proxy_loss, outcome.perplexity, counts, outcome.validated,
-                            budget.elapsed - session_start, pool.retried, pool.replaced)
+                            outcome.baselines, budget.elapsed - session_start, pool.retried, pool.replaced)
     except BaseException:
         if tracker is not None:  # the journal keeps everything; the store shows the run stopped
             tracker.finish({}, [], "KILLED")
@@ -281,7 +288,8 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     write_json_atomic(out / SUMMARY_FILE, {
         "config": cfg.to_dict(), "best_policy": outcome.best.to_dict(),
         "best_candidate": outcome.best_id, "best_proxy_loss": outcome.proxy_loss,
-        "best_eval_perplexity": outcome.perplexity, "validated": outcome.validated, "candidates": counts,
+        "best_eval_perplexity": outcome.perplexity, "validated": outcome.validated,
+        "baselines": outcome.baselines, "candidates": counts,
         "pool": {"retried": orch.pool.retried, "replaced": orch.pool.replaced}})
     files.append(out / SUMMARY_FILE)
     return files

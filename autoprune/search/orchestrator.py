@@ -23,6 +23,7 @@ from autoprune.errors import UserError
 from autoprune.evaluation.proxy import ProxyResult
 from autoprune.pruning.policy import Policy
 from autoprune.search.base import Candidate, SearchContext, Strategy
+from autoprune.search.baselines import baseline_policies, report
 from autoprune.search.budget import Budget, PhaseSplit
 from autoprune.search.journal import Journal, read_json, write_json_atomic
 
@@ -69,19 +70,21 @@ class Outcome:
     proxy_loss: float | None
     perplexity: float | None  # on the eval data, when validated
     validated: list[dict]  # {"id", "perplexity", "sparsity", "proxy_loss", "block_ratios"} in order
+    baselines: list[dict]  # {"name", "perplexity", ..., "improvement"} or {"name", "skipped"} (search.baselines)
 
 
 class Orchestrator:
     def __init__(self, pool, journal: Journal, budget: Budget, base_policy: Policy, strategies: list[str],
                  run_dir: Path, seed: int, tracker=None, split: PhaseSplit = PhaseSplit(), top_k: int = 3,
                  on_update: Callable[[dict], None] | None = None, spaces_dir: Path = SPACES_DIR,
-                 finish_reserve: float | None = None):
+                 finish_reserve: float | None = None, baselines: list[str] = ()):
         self.pool, self.journal, self.budget, self.tracker = pool, journal, budget, tracker
         self.base_policy, self.names, self.run_dir, self.seed = base_policy, strategies, Path(run_dir), seed
         self.top_k, self.on_update, self.spaces_dir = top_k, on_update or (lambda s: None), spaces_dir
         self.max_batches = pool.info["max_batches"]
         self.block_sizes = tuple(dict(b) for b in pool.info["block_sizes"])
         self.split = split
+        self.baselines, self.skipped = baseline_policies(base_policy, list(baselines))
         # seconds left at the end to write results and stop the workers
         self.finish_reserve = 8.0 + 0.01 * budget.total if finish_reserve is None else finish_reserve
         self.origin = budget.elapsed
@@ -90,6 +93,7 @@ class Orchestrator:
         for e in journal.results().values():
             self.cache[policy_key(e["policy"], e.get("batches"))] = e["result"]
         self.status = {"phase": "", "evaluated": {}, "best": None, "retried": 0, "replaced": 0}
+        self.oracles: list = []  # RemoteDamage oracles of the phase running, closed at its end
 
     def _log(self, event: dict) -> dict:
         return self.journal.append({**event, "t": round(self.budget.elapsed, 3)})
@@ -113,8 +117,18 @@ class Orchestrator:
                 space = load_space(name, self.spaces_dir)
                 if REGISTRY[name][1] == "both":
                     space = {**space, "phase": phase}
-                out[name] = strategy_class(name)(replace(ctx, run_dir=ctx.run_dir / name), space)
+                extra = {"damage": self._damage(ctx.base_policy)} if name == "rl" else {}
+                out[name] = strategy_class(name)(replace(ctx, run_dir=ctx.run_dir / name), space, **extra)
         return out
+
+    def _damage(self, base: Policy):
+        """RL's per-step reward oracle: block damage on a worker (None, and a journal note, without)."""
+        oracle = self.pool.damage(base.to_dict())
+        if oracle.error is not None:
+            self._log({"event": "note", "text": f"RL gets final rewards only: {oracle.error}"})
+            return None
+        self.oracles.append(oracle)
+        return oracle
 
     def _state_path(self, phase: str, name: str) -> Path:
         return self.run_dir / "state" / phase / f"{name}.json"
@@ -229,6 +243,9 @@ class Orchestrator:
                 name, cand, t0 = inflight.pop(cid)
                 self._record(phase, strategies, name, cid, cand, res, time.monotonic() - t0)
             self._update()
+        for oracle in self.oracles:  # an RL agent still stepping leaves the workers alone
+            oracle.close()
+        self.oracles.clear()
         grace = max(1.0, 0.01 * self.budget.total)
         while inflight and time.monotonic() < deadline + grace:
             for cid, res in self.pool.wait(0.2):
@@ -281,33 +298,38 @@ class Orchestrator:
     # -- final validation -----------------------------------------------------------------
     def validate(self) -> Outcome:
         """Full sequential protocol on the eval data: the ``top_k`` best by proxy loss, then the
-        next best ones while one more validation still fits in the time left."""
+        baselines, then the next best ones, each while one more validation still fits in the time
+        left. Pool keys: a candidate's id (int) or a baseline's name (str)."""
         self.status["phase"] = "validation"
         self._log({"event": "phase_start", "phase": "validation"})
         done = {e["id"]: e["result"] for e in self.journal.of("validate")}
+        done.update({e["name"]: e["result"] for e in self.journal.of("baseline")})
         ranked = self.best_entries(max(self.top_k, VALIDATION_POOL))
-        queue = [e for e in ranked if e["id"] not in done]
-        running: set[int] = set()
-        for e in queue[:max(0, self.top_k - len(done))]:
-            self.pool.submit(e["id"], "validate", e["policy"])
-            running.add(e["id"])
-        queue = [e for e in queue if e["id"] not in running]
+        todo = [(e["id"], e["policy"]) for e in ranked if e["id"] not in done]
+        first = max(0, self.top_k - sum(isinstance(k, int) for k in done))
+        queue = todo[first:]
+        queue[:0] = [(n, p and p.to_dict()) for n, p in self.baselines.items() if n not in done]
+        running: set = set()
+        for key, policy in todo[:first]:
+            self.pool.submit(key, "validate", policy)
+            running.add(key)
         end, cost = self._deadline(1.0), 0.0  # cost: the slowest validation so far (worker seconds)
         while time.monotonic() < end:
-            while queue and cost > 0 and self.pool.free > 0 and time.monotonic() + cost < end:
-                e = queue.pop(0)
-                self.pool.submit(e["id"], "validate", e["policy"])
-                running.add(e["id"])
+            while queue and self.pool.free > 0 and (time.monotonic() + cost < end if cost > 0 else not running):
+                key, policy = queue.pop(0)
+                self.pool.submit(key, "validate", policy)
+                running.add(key)
             if not running:
                 break
-            for cid, res in self.pool.wait(min(0.5, max(0.0, end - time.monotonic()))):
+            for key, res in self.pool.wait(min(0.5, max(0.0, end - time.monotonic()))):
                 res = {"perplexity": math.inf, **res} if "error" in res else res
-                self._log({"event": "validate", "id": cid, "result": res})
-                done[cid] = res
-                running.discard(cid)
+                kind = {"event": "baseline", "name": key} if isinstance(key, str) else {"event": "validate", "id": key}
+                self._log({**kind, "result": res})
+                done[key] = res
+                running.discard(key)
                 cost = max(cost, res.get("seconds", 0.0))
-                if self.tracker is not None and "error" not in res:
-                    self.tracker.log_validation(cid, {"eval_perplexity": res["perplexity"]})
+                if self.tracker is not None and "error" not in res and isinstance(key, int):
+                    self.tracker.log_validation(key, {"eval_perplexity": res["perplexity"]})
             self._update()
         if running:
             self.pool.abandon(replace=False)  # the search is over: no new workers
@@ -315,11 +337,16 @@ class Orchestrator:
                      for e in ranked if e["id"] in done and "error" not in done[e["id"]]]
         if validated:
             win = min(validated, key=lambda v: v["perplexity"])
-            return Outcome(Policy.from_dict(win["policy"]), win["id"], win["proxy_loss"], win["perplexity"], validated)
-        if ranked:  # stopped before any validation finished: the best by proxy
-            return Outcome(Policy.from_dict(ranked[0]["policy"]), ranked[0]["id"], ranked[0]["result"]["loss"], None, [])
-        # nothing finished (the budget went on start-up): the target with the default metric
-        return Outcome(self.base_policy, None, None, None, [])
+            outcome = Outcome(Policy.from_dict(win["policy"]), win["id"], win["proxy_loss"], win["perplexity"],
+                              validated, [])
+        elif ranked:  # stopped before any validation finished: the best by proxy
+            best = ranked[0]
+            outcome = Outcome(Policy.from_dict(best["policy"]), best["id"], best["result"]["loss"], None, [], [])
+        else:  # nothing finished (the budget went on start-up): the target with the default metric
+            outcome = Outcome(self.base_policy, None, None, None, [], [])
+        results = {k: v for k, v in done.items() if isinstance(k, str)}
+        outcome.baselines = report(self.baselines, self.skipped, results, outcome.perplexity)
+        return outcome
 
 
 def _candidate(e: dict) -> Candidate:

@@ -5,9 +5,10 @@ control: when an episode ends, the finished allocation becomes a ``Candidate`` a
 agent waits until ``tell`` hands back its proxy loss, which is the episode's final reward.
 
 Per-step rewards need the model (block-local damage from cached hidden states), which a
-strategy never holds: the evaluator side builds a ``BlockDamage`` next to the model and passes
-it as ``damage`` (the benchmark and any driver co-located with a model do). Without it,
-rewards come only at the end of the episode, as in AMC.
+strategy never holds: the evaluator side passes a ``Damage`` oracle as ``damage``, a
+``BlockDamage`` next to the model (the benchmark) or a ``RemoteDamage`` that calls one on a Ray
+worker (``autoprune search``). Each episode's step damages go out in its candidate's tag.
+Without an oracle, rewards come only at the end of the episode, as in AMC.
 """
 
 from __future__ import annotations
@@ -124,10 +125,8 @@ class RLStrategy(Strategy):
         """Runs in the learner thread: hand the finished allocation out and wait for its loss."""
         if self._asked >= self.config.episodes:
             raise _BudgetSpent
-        if self.env.damage is not None:
-            self.env.damage.reset()  # the model is dense again before anyone evaluates the candidate
         self._asked += 1
-        self._out.put(Candidate(policy, None, {"episode": self._asked}))
+        self._out.put(Candidate(policy, None, {"episode": self._asked, "damages": list(self.env.damages)}))
         result: ProxyResult = self._in.get()
         return min(result.loss, self.config.loss_cap) if result.ok else self.config.loss_cap
 
@@ -140,8 +139,6 @@ class RLStrategy(Strategy):
         except BaseException as e:  # surfaced to the driver by ask()
             self._out.put(e)
         finally:
-            if self.env.damage is not None:
-                self.env.damage.reset()
             self._out.put(None)
 
     def ask(self, n: int) -> list[Candidate]:

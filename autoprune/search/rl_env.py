@@ -52,7 +52,8 @@ def make_units(block_sizes: tuple[dict[str, int], ...], kind: str) -> list[Unit]
 
 
 class Damage(Protocol):
-    """The model side of the environment (``autoprune.evaluation.block_damage.BlockDamage``)."""
+    """The model side of the environment: ``autoprune.evaluation.block_damage.BlockDamage`` beside
+    the model, or ``autoprune.search.workers.RemoteDamage`` calling one on a Ray worker."""
 
     def features(self, units: list[Unit]) -> np.ndarray: ...  # (units, k) statistics per unit
     def reset(self) -> None: ...
@@ -81,7 +82,7 @@ class AllocationEnv(gym.Env):
         dim = 9 + self.features.shape[1]
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
-        self.t, self.ratios, self.last_policy = 0, [], None
+        self.t, self.ratios, self.damages, self.last_policy = 0, [], [], None
 
     def _needed(self) -> float:
         """The average ratio the units from t on must take to land the budget."""
@@ -108,7 +109,7 @@ class AllocationEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self.t, self.ratios, self.last_policy = 0, [], None
+        self.t, self.ratios, self.damages, self.last_policy = 0, [], [], None
         if self.damage is not None:
             self.damage.reset()
         return self._obs(), {}
@@ -122,6 +123,7 @@ class AllocationEnv(gym.Env):
         damage = self.damage.step(unit, ratio) if self.damage is not None else 0.0
         reward = -self.step_weight * damage
         self.ratios.append(ratio)
+        self.damages.append(damage)
         self.t += 1
         info = {"ratio": ratio, "damage": damage}
         done = self.t == len(self.units)

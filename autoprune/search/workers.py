@@ -1,21 +1,28 @@
 """Ray workers: each actor loads the model and its calibration statistics once, then evaluates
 many candidates; a ``WorkerPool`` spreads jobs over them, retries the job of a worker that dies
-elsewhere and replaces the worker.
+elsewhere and replaces the worker. A ``RemoteDamage`` gives the RL strategy per-step rewards
+from a ``BlockDamage`` on one of the pool's workers.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoprune.errors import UserError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 # environment a worker needs to find models and data, also on a cluster it joins
 _FORWARDED_ENV = ("AUTOPRUNE_DATA_DIR", "AUTOPRUNE_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_DISABLE_PROGRESS_BARS")
+DAMAGE_WINDOWS = 4  # proxy windows the RL block damage forwards (hidden states of every block are cached)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class ProxyWorker:
         self.evaluator = ProxyEvaluator(self.lm.model, stats, proxy, spec.objective, spec.batch_size)
         self._eval_windows = None
         self._ratio = None  # RatioProxy of the metric whose allocations are being searched
+        self._damage = None  # BlockDamage for the RL strategy (see damage_start)
 
     def ready(self) -> dict:
         """{"error"} when set-up failed, else {"pid", "block_sizes", "max_batches"}."""
@@ -81,20 +89,54 @@ class ProxyWorker:
     def evaluate(self, policy: dict, batches: int | None = None) -> dict:
         """Proxy-evaluate one policy. Explicit allocations of one metric go through a
         ``RatioProxy`` (rows ranked once, each candidate a threshold lookup and one forward)."""
-        from autoprune.evaluation.ratio_proxy import RatioProxy
         from autoprune.pruning.policy import Policy
 
         p = Policy.from_dict(policy)
         usable = p.allocation == "explicit" and p.nm is None and p.update == "none"
         if usable and self.evaluator.check_scores(p.metric) is None:
-            if self._ratio is None or not self._ratio.matches(p):
-                self._ratio = None  # free the previous metric's ranks first
-                try:
-                    self._ratio = RatioProxy(self.evaluator, p, progress=False)
-                except (RuntimeError, ValueError, UserError):
-                    return asdict(self.evaluator.evaluate(p, batches))  # reports the error itself
-            return asdict(self._ratio.evaluate(p, batches))
+            try:
+                return asdict(self._ratio_proxy(p).evaluate(p, batches))
+            except (RuntimeError, ValueError, UserError):
+                pass  # evaluating from scratch reports the error itself
         return asdict(self.evaluator.evaluate(p, batches))
+
+    def _ratio_proxy(self, policy):
+        """A ``RatioProxy`` for ``policy``'s metric: the current one, the block damage's, or a new one."""
+        from autoprune.evaluation.ratio_proxy import RatioProxy
+
+        if self._ratio is None or not self._ratio.matches(policy):
+            if self._damage is not None and self._damage.proxy.matches(policy):
+                self._ratio = self._damage.proxy
+            else:
+                self._ratio = None  # free the previous metric's ranks first
+                self._ratio = RatioProxy(self.evaluator, policy, progress=False)
+        return self._ratio
+
+    def damage_start(self, policy: dict, windows: int = DAMAGE_WINDOWS) -> str | None:
+        """Build the ``BlockDamage`` for allocations of ``policy``'s metric on the first ``windows``
+        proxy windows; why it cannot be built (None when it is)."""
+        from autoprune.evaluation.block_damage import BlockDamage
+        from autoprune.pruning.policy import Policy
+
+        self._damage = None
+        p = Policy.from_dict(policy)
+        if p.nm is not None or p.update != "none":
+            return f"block damage needs an unstructured pattern and no weight update ({p.pattern}, {p.update})"
+        try:
+            self._damage = BlockDamage(self._ratio_proxy(p), self.evaluator.windows[:windows], self.spec.batch_size)
+        except (RuntimeError, ValueError, UserError) as e:
+            return f"{type(e).__name__}: {e}"[:500]
+        return None
+
+    def damage(self, method: str, *args):
+        """``BlockDamage.features``, ``reset`` or ``step``; every call leaves the model dense."""
+        if self._damage is None or method not in ("features", "reset", "step"):
+            raise RuntimeError(f"no block damage for {method!r} (damage_start first)")
+        return getattr(self._damage, method)(*args)
+
+    def damage_stop(self) -> None:
+        """Free the block damage's cached hidden states."""
+        self._damage = None
 
     def validate(self, policy: dict | None, save_to: str | None = None) -> dict:
         """Full protocol on a copy of the dense model: sequential pruning with the calibration
@@ -120,6 +162,79 @@ class ProxyWorker:
             self.lm.tokenizer.save_pretrained(save_to)
         return {"perplexity": res.perplexity, "tokens": res.tokens, "sparsity": model_sparsity(model)[0],
                 "block_ratios": [float(r) for r in ratios], "seconds": time.perf_counter() - t0}
+
+
+class RemoteDamage:
+    """The RL environment's ``Damage`` oracle, on a ``BlockDamage`` that one of ``pool``'s workers
+    holds: each call is one actor call, waited for (``ray.get``) by the thread stepping the agent.
+
+    Ray runs an actor's calls one at a time in the order they were submitted, so these interleave
+    with the pool's jobs on that worker, and each leaves the model dense. They bypass the pool: its
+    idle and running bookkeeping only ever sees its own jobs. A worker that dies takes the
+    episode's block state with it: the episode's remaining steps report no damage (counted in
+    ``lost_steps``) and the next ``reset`` builds the block damage again on the pool's first
+    worker, by then the pool's replacement. ``close`` (the phase is over) stops every later call.
+    """
+
+    def __init__(self, pool: "WorkerPool", policy: dict, windows: int = DAMAGE_WINDOWS):
+        self.pool, self.policy, self.windows = pool, policy, windows
+        self.actor = None  # the worker holding the block damage; None while it has none
+        self.closed = False
+        self.lost_steps = 0
+        self._lock = threading.Lock()  # a call is never submitted after close() told the worker to stop
+        self.error = self._start()  # why the oracle cannot give damages (None: it can)
+
+    def _start(self) -> str | None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        actor = self.pool.actors[0]
+        try:
+            error = ray.get(actor.damage_start.remote(self.policy, self.windows))
+        except RayActorError:
+            return "its worker died"
+        self.actor = None if error else actor
+        return error
+
+    def _call(self, method: str, *args):
+        """The worker's answer; None when it has no block damage (died, not rebuilt yet) or after close."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        with self._lock:
+            if self.closed or self.actor is None:
+                return None
+            ref = self.actor.damage.remote(method, *args)
+        try:
+            return ray.get(ref)
+        except RayActorError:
+            self.actor = None
+            return None
+
+    def features(self, units) -> "np.ndarray":
+        import numpy as np
+
+        feats = self._call("features", units)
+        return np.zeros((len(units), 0), dtype=np.float32) if feats is None else feats
+
+    def reset(self) -> None:
+        if self.actor is None and not self.closed:
+            self._start()
+        self._call("reset")
+
+    def step(self, unit, ratio: float) -> float:
+        damage = self._call("step", unit, ratio)
+        if damage is None:
+            self.lost_steps += 1
+            return 0.0
+        return damage
+
+    def close(self) -> None:
+        """No more calls; the worker frees the block damage's hidden states."""
+        with self._lock:
+            self.closed = True
+            if self.actor is not None:
+                self.actor.damage_stop.remote()  # not waited for: runs after any call in flight
 
 
 @dataclass
@@ -160,6 +275,10 @@ class WorkerPool:
             raise UserError(errors[0])
         self.info = infos[0]
         self.pids = [i["pid"] for i in infos]
+
+    def damage(self, policy: dict) -> RemoteDamage:
+        """A block-damage oracle for allocations of ``policy``'s metric on one of these workers."""
+        return RemoteDamage(self, policy)
 
     @property
     def free(self) -> int:
