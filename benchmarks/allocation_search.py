@@ -2,8 +2,8 @@
 
 For each target sparsity: one-shot Wanda statistics on 64 calibration windows (256 tokens,
 tinystories:0-499, seed 0), a KL-to-dense proxy on 16 other windows of tinystories:0-499
-(seed 1), ratio candidates by cached score orders. BO (Optuna) and RL (stable-baselines3)
-search on calibration data only: the proxy, then their top ``--top-k`` allocations by proxy are
+(seed 1), ratio candidates by cached score orders. BO (Optuna; its first trials are the
+uniform, OWL and AlphaPruning ratios) and RL (stable-baselines3) search on calibration data only: the proxy, then their top ``--top-k`` allocations by proxy are
 pruned by the sequential protocol and scored on 32 more windows of tinystories:0-499. The best
 there, and the baselines, are then pruned with ``prune_sequential`` on a fresh copy of the dense
 model and scored by perplexity on every 256-token window of tinystories:500-999.
@@ -29,6 +29,7 @@ from autoprune.evaluation.proxy import ProxyEvaluator
 from autoprune.evaluation.ratio_proxy import RatioProxy
 from autoprune.jobs.common import calibration_windows, evaluation_windows
 from autoprune.models import load_model
+from autoprune.pruning.allocation import block_ratios
 from autoprune.pruning.engine import PruneReport, collect_stats, prune_sequential
 from autoprune.pruning.policy import Policy
 from autoprune.search.base import SearchContext, Strategy
@@ -115,9 +116,11 @@ def main() -> None:
         proxy = RatioProxy(evaluator, base)
         sizes = tuple({n.split(".", 3)[3]: lin.weight.numel() for n, lin in blk.items()} for blk in proxy.blocks)
         run_dir = Path(tempfile.mkdtemp(prefix=f"alloc-{s:g}-"))
-        ctx = SearchContext(base, sizes, evaluator.max_batches, args.seed, run_dir)
         found = {"uniform": (base, 1, 0.0), "owl": (Policy.from_method("wanda", s, allocation="owl"), 1, 0.0),
                  f"alpha (eps {Policy.alpha_eps:g})": (Policy.from_method("wanda", s, allocation="alpha"), 1, 0.0)}
+        # BO's first trials: uniform, then the OWL and AlphaPruning ratios (warm starts)
+        warm = tuple(tuple(block_ratios(p, proxy.blocks, stats.X)) for p, _, _ in list(found.values())[1:])
+        ctx = SearchContext(base, sizes, evaluator.max_batches, args.seed, run_dir, warm_starts=warm)
 
         bo_space = {**yaml.safe_load((SPACES / "bo.yaml").read_text()), "allocation": args.space,
                     "sampler": args.sampler, "n_trials": args.bo_trials}

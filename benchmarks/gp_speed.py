@@ -5,7 +5,7 @@
 Naive protocol: for every candidate, sequential pruning of a fresh copy (64 x 256 calibration
 tokens) and perplexity on every 256-token window of tinystories:500-999 (the full evaluation).
 Fast protocol: the GP search (search_spaces/gp.yaml, no seeds) with statistics computed once,
-one-shot masks, the low-fidelity proxy (KL to dense on 8 x 256 tokens), the rank-key cache,
+one-shot masks, the low-fidelity proxy (KL to dense on the first proxy batch, 4 x 256 tokens), the rank-key cache,
 degenerate-metric rejection, the mask-hash cache and full-fidelity promotion of the best.
 Fidelity: Spearman correlation between proxy fitness and full evaluation over random expressions.
 """
@@ -81,7 +81,8 @@ def main() -> None:
     ev = s.evaluator
 
     # fast protocol: a real GP run on a fresh evaluator (empty caches)
-    counts, gp_min, fresh = run_gp(ProxyEvaluator(s.model, ev.stats, s.proxy, "kl", 8), base, args.gp_minutes, args.seed)
+    fresh_ev = ProxyEvaluator(s.model, ev.stats, s.proxy, "kl", ev.batch_size, proxy_batch=ev.proxy_batch)
+    counts, gp_min, fresh = run_gp(fresh_ev, base, args.gp_minutes, args.seed)
     fast_rate = counts["proposed"] / gp_min
     plain_rate = 60 / statistics.mean(fresh)
 
@@ -107,7 +108,8 @@ def main() -> None:
     table.add_row("naive protocol: seconds per candidate (sequential prune + full ppl, 754 x 256 tokens)",
                   f"{statistics.mean(naive_seconds):.2f}")
     table.add_row("naive protocol: candidates per minute", f"{naive_rate:.2f}")
-    table.add_row("plain one-shot proxy (8 x 256 tokens, no cache): candidates per minute",
+    low_tokens = f"{ev.proxy_batch} x {s.proxy.shape[1]} tokens"
+    table.add_row(f"plain one-shot proxy ({low_tokens}, no cache): candidates per minute",
                   f"{plain_rate:.1f} ({plain_rate / naive_rate:.0f}x)")
     table.add_row(f"GP with fast proxy: candidates in {gp_min:.1f} min", str(counts["proposed"]))
     table.add_row("GP with fast proxy: candidates per minute", f"{fast_rate:.1f}")
@@ -118,8 +120,10 @@ def main() -> None:
     table.add_row("skipped: mask-hash cache (forward pass avoided)", f"{counts['mask_hits']} ({counts['mask_hits'] / counts['proposed']:.1%})")
     table.add_row("skipped in total", f"{skipped / counts['proposed']:.1%}")
     table.add_row("proxy forward passes (low + promoted)", f"{counts['evaluated'] - counts['mask_hits']}")
-    table.add_row(f"Spearman rho, low-fidelity proxy vs full evaluation ({len(keys)} random expressions)", f"{rho_low:.3f}")
-    table.add_row(f"Spearman rho, full-fidelity proxy (32 x 256) vs full evaluation", f"{rho_high:.3f}")
+    table.add_row(f"Spearman rho, low-fidelity proxy ({low_tokens}) vs full evaluation ({len(keys)} random expressions)",
+                  f"{rho_low:.3f}")
+    table.add_row(f"Spearman rho, full-fidelity proxy ({len(s.proxy)} x {s.proxy.shape[1]}) vs full evaluation",
+                  f"{rho_high:.3f}")
     Console(width=160).print(table)
     detail = Table(title="random expressions: proxy KL (low / full fidelity) and full-protocol perplexity")
     for col in ("expression", "KL low", "KL full", "perplexity"):

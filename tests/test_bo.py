@@ -56,6 +56,18 @@ def test_bo_improves_on_uniform_and_meets_the_target(tmp_path):
     assert loss < bowl(seen[0].policy, 4).loss / 2
 
 
+@pytest.mark.parametrize("name", ["per_block", "attn_mlp", "depth_curve"])
+def test_warm_starts_are_the_first_trials_after_uniform(tmp_path, name):
+    owl_like = (0.55, 0.58, 0.62, 0.65)
+    ctx = SearchContext(Policy(sparsity=0.6), SIZES, 4, 0, tmp_path, warm_starts=(owl_like, (0.6,) * 4))
+    bo = BOStrategy(ctx, space(allocation=name, n_trials=6, fidelities=[]))
+    seen = []
+    run_serial(bo, lambda cs: seen.extend(cs) or evaluate(cs), 1000)
+    assert seen[0].policy.block_ratios == pytest.approx([0.6] * 4, abs=1e-4)  # uniform, once: no duplicate
+    assert seen[1].policy.block_ratios == pytest.approx(owl_like, abs=0.02)  # projected onto the target
+    assert seen[2].policy.block_ratios != pytest.approx([0.6] * 4, abs=1e-4)  # the sampler's own trials
+
+
 def test_weak_trials_are_pruned_at_low_fidelity(tmp_path):
     bo = BOStrategy(context(tmp_path), space(n_trials=30, fidelities=[1, 4]))
     seen = []

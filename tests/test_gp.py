@@ -80,6 +80,34 @@ def test_equivalent_masks_hit_the_proxy_cache(evaluator):
     assert not c.cached and c.loss != a.loss
 
 
+def test_mask_hash_tells_apart_masks_one_swap_apart(evaluator):
+    W = evaluator.linears[evaluator.probe].weight.data
+    dense = evaluator.mask_hash()
+    W[3, 5] = 0.0
+    one = evaluator.mask_hash()
+    evaluator.restore()
+    W[3, 6] = 0.0  # as many zeros in every row, another weight
+    swapped = evaluator.mask_hash()
+    assert len({dense, one, swapped}) == 3
+    evaluator.restore()
+    W[3, 5] = 0.0
+    assert evaluator.mask_hash() == one  # the same mask, the same digest
+    evaluator.restore()
+    assert evaluator.mask_hash() == dense
+
+
+def test_proxy_batches_smaller_than_a_forward_batch(evaluator):
+    policy = Policy(metric="wanda")
+    fine = ProxyEvaluator(evaluator.model, evaluator.stats, evaluator.windows, "kl", batch_size=4, proxy_batch=1)
+    assert fine.max_batches == 4 and evaluator.max_batches == 2
+    # the first two windows, one forward batch each way: the same loss and tokens
+    a, b = fine.evaluate(policy, 2), evaluator.evaluate(policy, 1)
+    assert a.loss == pytest.approx(b.loss, rel=1e-5) and a.tokens == b.tokens
+    assert fine.evaluate(policy, 1).tokens == b.tokens // 2
+    with pytest.raises(UserError):
+        ProxyEvaluator(evaluator.model, evaluator.stats, evaluator.windows, proxy_batch=0)
+
+
 def test_state_dict_is_json_and_resumes(evaluator, tmp_path):
     ctx = _context(evaluator, tmp_path, seed=3)
     a = GPStrategy(ctx, SMALL)

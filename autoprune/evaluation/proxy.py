@@ -18,8 +18,6 @@ import math
 import time
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 import torch
 from torch import Tensor, nn
 
@@ -70,6 +68,9 @@ class ProxyEvaluator:
         self._results: dict[tuple, ProxyResult] = {}
         self.cache_hits = 0
         self.probe = max(self.linears, key=lambda n: self.linears[n].weight.numel())
+        gen = torch.Generator().manual_seed(0)
+        self._hash_keys = {n: torch.randint(0, 2**40, (2, lin.weight.shape[1]), generator=gen).to(lin.weight.device)
+                           for n, lin in self.linears.items()}
 
     @property
     def max_batches(self) -> int:
@@ -88,10 +89,15 @@ class ProxyEvaluator:
         return res.perplexity, res.tokens
 
     def mask_hash(self) -> str:
-        """A digest of which weights of every prunable linear are zero now."""
+        """A digest of which weights of every prunable linear are zero now, computed on the weights'
+        device: per row, two sums of random 40-bit column keys over the kept weights (exact in
+        int64), so 2 x rows integers per layer leave the device instead of the whole mask. Two
+        masks collide only if every row's kept columns have equal key sums under both key sets."""
         h = hashlib.blake2b(digest_size=16)
         for n, lin in self.linears.items():
-            h.update(np.packbits((lin.weight.data != 0).cpu().numpy()).tobytes())
+            kept = lin.weight.data != 0
+            sums = torch.stack([torch.where(kept, k, 0).sum(dim=1) for k in self._hash_keys[n]])
+            h.update(sums.cpu().numpy().tobytes())
         return h.hexdigest()
 
     def check_scores(self, metric: str) -> str | None:

@@ -80,6 +80,19 @@ class AllocationSpace:
         return explicit_policy(base, raw, block_sizes, self.bounds)
 
 
+    def encode(self, block_ratios: list[float], target: float) -> dict[str, float] | None:
+        """The point of this space nearest per-block ``block_ratios`` (a warm start), or None
+        when the space cannot express per-block ratios (``owl``, ``attn_mlp`` without blocks)."""
+        offsets = np.clip(np.asarray(block_ratios, dtype=np.float64) - target, -self.span, self.span)
+        if self.kind == "depth_curve":
+            at = np.linspace(0, 1, self.knots)
+            return {f"knot{k}": float(v) for k, v in enumerate(np.interp(at, np.linspace(0, 1, len(offsets)), offsets))}
+        if self.kind == "per_block" or (self.kind == "attn_mlp" and self.per_block):
+            point = {f"block{b}": float(v) for b, v in enumerate(offsets)}
+            return point if self.kind == "per_block" else {"attn": 0.0, **point}
+        return None
+
+
 def is_attention(linear_name: str) -> bool:
     return any(w in linear_name.lower() for w in _ATTENTION_WORDS)
 

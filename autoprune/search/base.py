@@ -32,6 +32,9 @@ class SearchContext:
     max_batches: int  # proxy batches at full fidelity
     seed: int
     run_dir: Path  # where the strategy keeps its own state (Optuna storage, checkpoints)
+    # per-block ratios of baseline allocations (OWL, AlphaPruning) computed where the model is;
+    # a strategy may start from them
+    warm_starts: tuple[tuple[float, ...], ...] = ()
 
 
 Evaluate = Callable[[list[Candidate]], list[ProxyResult]]

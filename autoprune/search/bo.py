@@ -38,7 +38,7 @@ class BOConfig:
     study_name: str | None = None
     fidelities: tuple[int, ...] = ()  # proxy batches per rung, increasing; () = one rung at full fidelity
     prune_percentile: float = 50.0
-    seed_baselines: bool = True  # first trial: the uniform allocation (or OWL's defaults)
+    seed_baselines: bool = True  # first trials: uniform (or OWL's defaults), then the context's warm starts
 
     @classmethod
     def from_dict(cls, d: dict, max_batches: int) -> "BOConfig":
@@ -105,7 +105,8 @@ class BOStrategy(Strategy):
                 self.study.enqueue_trial(t.params, skip_if_exists=False)
                 self.study.tell(t.number, state=TrialState.FAIL)
         if not self.study.trials and self.config.seed_baselines:
-            self.study.enqueue_trial(self._baseline_point())
+            for point in self._baseline_points():
+                self.study.enqueue_trial(point)
 
     def _adopt(self, number: int):
         """The live Trial of a stored running trial (None when it is finished)."""
@@ -119,10 +120,18 @@ class BOStrategy(Strategy):
             self._trials[number] = optuna.trial.Trial(self.study, frozen._trial_id)
         return self._trials[number]
 
-    def _baseline_point(self) -> dict[str, float]:
-        if self.config.allocation.kind == "owl":
-            return {p.name: min(max(v, p.low), p.high) for p, v in zip(self.params, (0.08, 5.0))}
-        return {p.name: 0.0 for p in self.params}
+    def _baseline_points(self) -> list[dict[str, float]]:
+        """The first trials: uniform (OWL's defaults for the owl space), then the context's warm
+        starts (OWL, AlphaPruning ratios) where the space can express them."""
+        space = self.config.allocation
+        if space.kind == "owl":
+            return [{p.name: min(max(v, p.low), p.high) for p, v in zip(self.params, (0.08, 5.0))}]
+        points = [{p.name: 0.0 for p in self.params}]
+        for ratios in self.context.warm_starts:
+            point = space.encode(list(ratios), self.context.base_policy.sparsity)
+            if point is not None and point not in points:
+                points.append(point)
+        return points
 
     def finished(self) -> int:
         """Trials completed or pruned so far, this process and earlier ones."""
