@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from autoprune.errors import UserError
 from autoprune.evaluation.proxy import ProxyResult
@@ -26,6 +26,9 @@ from autoprune.search.base import Candidate, SearchContext, Strategy
 from autoprune.search.baselines import baseline_policies, report
 from autoprune.search.budget import Budget, PhaseSplit
 from autoprune.search.journal import Journal, read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from autoprune.search.workers import RemoteDamage
 
 # name -> (import path, phase: "metric", "allocation" or "both")
 REGISTRY: dict[str, tuple[str, str]] = {
@@ -93,7 +96,7 @@ class Orchestrator:
         for e in journal.results().values():
             self.cache[policy_key(e["policy"], e.get("batches"))] = e["result"]
         self.status = {"phase": "", "evaluated": {}, "best": None, "retried": 0, "replaced": 0}
-        self.oracles: list = []  # RemoteDamage oracles of the phase running, closed at its end
+        self.oracles: list[RemoteDamage] = []  # oracles of the phase running, closed at its end
 
     def _log(self, event: dict) -> dict:
         return self.journal.append({**event, "t": round(self.budget.elapsed, 3)})
@@ -121,7 +124,7 @@ class Orchestrator:
                 out[name] = strategy_class(name)(replace(ctx, run_dir=ctx.run_dir / name), space, **extra)
         return out
 
-    def _damage(self, base: Policy):
+    def _damage(self, base: Policy) -> RemoteDamage | None:
         """RL's per-step reward oracle: block damage on a worker (None, and a journal note, without)."""
         oracle = self.pool.damage(base.to_dict())
         if oracle.error is not None:

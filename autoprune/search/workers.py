@@ -20,6 +20,9 @@ from autoprune.errors import UserError
 if TYPE_CHECKING:
     import numpy as np
 
+    from autoprune.evaluation.ratio_proxy import RatioProxy
+    from autoprune.pruning.policy import Policy
+
 # environment a worker needs to find models and data, also on a cluster it joins
 _FORWARDED_ENV = ("AUTOPRUNE_DATA_DIR", "AUTOPRUNE_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_DISABLE_PROGRESS_BARS")
 DAMAGE_WINDOWS = 4  # proxy windows the RL block damage forwards (hidden states of every block are cached)
@@ -100,7 +103,7 @@ class ProxyWorker:
                 pass  # evaluating from scratch reports the error itself
         return asdict(self.evaluator.evaluate(p, batches))
 
-    def _ratio_proxy(self, policy):
+    def _ratio_proxy(self, policy: Policy) -> RatioProxy:
         """A ``RatioProxy`` for ``policy``'s metric: the current one, the block damage's, or a new one."""
         from autoprune.evaluation.ratio_proxy import RatioProxy
 
@@ -176,7 +179,7 @@ class RemoteDamage:
     worker, by then the pool's replacement. ``close`` (the phase is over) stops every later call.
     """
 
-    def __init__(self, pool: "WorkerPool", policy: dict, windows: int = DAMAGE_WINDOWS):
+    def __init__(self, pool: WorkerPool, policy: dict, windows: int = DAMAGE_WINDOWS):
         self.pool, self.policy, self.windows = pool, policy, windows
         self.actor = None  # the worker holding the block damage; None while it has none
         self.closed = False
@@ -211,7 +214,7 @@ class RemoteDamage:
             self.actor = None
             return None
 
-    def features(self, units) -> "np.ndarray":
+    def features(self, units) -> np.ndarray:
         import numpy as np
 
         feats = self._call("features", units)
