@@ -27,7 +27,7 @@ class Setup:
     stats_seconds: float
 
 
-def setup(proxy_windows: int = 32, objective: str = "kl", threads: int = 1, proxy_batch: int = 4) -> Setup:
+def setup(proxy_windows: int = 32, objective: str = "kl", threads: int = 1, proxy_batch: int = 2) -> Setup:
     torch.set_num_threads(threads)
     lm = load_model("stories260K", dtype="float32", device="cpu")
     calib = calibration_windows(lm.tokenizer, "tinystories:0-499", 64, 256, 0)

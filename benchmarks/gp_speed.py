@@ -5,7 +5,7 @@
 Naive protocol: for every candidate, sequential pruning of a fresh copy (64 x 256 calibration
 tokens) and perplexity on every 256-token window of tinystories:500-999 (the full evaluation).
 Fast protocol: the GP search (search_spaces/gp.yaml, no seeds) with statistics computed once,
-one-shot masks, the low-fidelity proxy (KL to dense on the first proxy batch, 4 x 256 tokens), the rank-key cache,
+one-shot masks, the low-fidelity proxy (KL to dense on the first proxy batch, 2 x 256 tokens), the rank-key cache,
 degenerate-metric rejection, the mask-hash cache and full-fidelity promotion of the best.
 Fidelity: Spearman correlation between proxy fitness and full evaluation over random expressions.
 """

@@ -155,8 +155,11 @@ def test_bad_input(tmp_path):
         BOStrategy(ctx, space(colour="red"))
     with pytest.raises(UserError, match="unknown allocation space 'nope'"):
         BOStrategy(ctx, space(allocation="nope"))
-    with pytest.raises(UserError, match="fidelities must be increasing"):
-        BOStrategy(ctx, space(fidelities=[4, 1]))
+    for bad in ([4, 1], [None, 2], [True], "1,2"):
+        with pytest.raises(UserError, match="fidelities must be increasing"):
+            BOStrategy(ctx, space(fidelities=bad))
+    # rungs past the proxy's 4 batches collapse onto the full fidelity
+    assert BOStrategy(ctx, space(fidelities=[2, 8, None], study_name="collapse")).rungs == (2, 4)
     with pytest.raises(UserError, match="cannot open Optuna storage"):
         BOStrategy(ctx, space(storage="nosuchdb://x"))
     with pytest.raises(UserError, match="cannot meet the target"):

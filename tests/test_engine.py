@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 from autoprune.errors import UserError
 from autoprune.evaluation import DenseReference, kl_to_dense, perplexity
 from autoprune.pruning.allocation import owl_ratios
-from autoprune.pruning.engine import apply_policy, blocks_linears, collect_stats, model_sparsity, prune_sequential
+from autoprune.pruning.engine import (apply_policy, blocks_linears, collect_stats, model_sparsity, prune_linear,
+                                      prune_sequential)
 from autoprune.pruning.masks import pruned_per_row
 from autoprune.pruning.policy import Policy
 
@@ -114,3 +116,21 @@ def test_policy_round_trip(tmp_path):
     p.save(tmp_path / "p.json")
     assert Policy.load(tmp_path / "p.json") == p
     assert Policy.from_method("sparsegpt", 0.3, "2:4").sparsity == 0.5
+
+
+@pytest.mark.parametrize("metric,pattern", [
+    ("mul(zscore(G), mms(rowsum(mul(W, X))))", "unstructured"), ("div(colsum(abs(W)), sqrt(G))", "unstructured"),
+    ("ria", "unstructured"), ("wanda", "2:4"), ("mul(sqr(W), mms(G))", "1:4")])
+def test_stacked_one_shot_equals_layer_by_layer(stories, fresh_model, calib, metric, pattern):
+    """apply_policy scores same-shaped layers as one stack; the reference prunes them one at a time."""
+    stats = collect_stats(stories.model, calib[:4], gradients=True, progress=False)
+    nm = {"2:4": 0.5, "1:4": 0.75}
+    policy = Policy(metric=metric, sparsity=nm.get(pattern, 0.6), pattern=pattern)
+    apply_policy(fresh_model, policy, stats)
+    reference = copy.deepcopy(stories.model)
+    for linears in blocks_linears(reference):
+        for name, lin in linears.items():
+            prune_linear(lin, policy.sparsity, policy, stats.layers[name], stats.grads[name])
+    for got, want in zip(blocks_linears(fresh_model), blocks_linears(reference)):
+        for name in got:
+            assert torch.equal(got[name].weight, want[name].weight), name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -190,3 +191,16 @@ def test_evaluate_between_damage_steps_on_a_worker_changes_nothing(worker):
     assert "2:4" in worker.damage_start(Policy.from_method("wanda", 0.5, "2:4").to_dict())
     with pytest.raises(RuntimeError, match="no block damage"):
         worker.damage("step", units[0], 0.5)
+
+
+def test_worker_block_ratios_are_the_engines(worker):
+    from autoprune.pruning.allocation import block_ratios
+    from autoprune.pruning.engine import blocks_linears
+
+    got = worker.block_ratios(BASE.to_dict(), ["owl", "alpha"])
+    bls = blocks_linears(worker.lm.model)
+    for name in ("owl", "alpha"):
+        policy = replace(BASE, allocation=name, block_ratios=None, layer_ratios=None)
+        assert got[name] == pytest.approx(block_ratios(policy, bls, worker.evaluator.stats.X))
+    assert got["owl"] != pytest.approx([BASE.sparsity] * len(bls))
+    assert worker.block_ratios(Policy(metric="wanda", pattern="2:4").to_dict(), ["owl", "alpha"]) == {}

@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
                                   "calibration, else wikitext2)")
     p.add_argument("--calib-windows", type=int, help="calibration windows for the statistics (default: 64)")
     p.add_argument("--proxy-windows", type=int, help="windows the proxy loss is measured on (default: 16)")
+    p.add_argument("--proxy-batch", type=int, help="windows per proxy batch, the unit of fidelity that "
+                                                   "search spaces count in (default: 2)")
     p.add_argument("--eval-windows", type=int, help="final validation windows (default: 128)")
     p.add_argument("--seqlen", type=int, help="tokens per window (default: 256 for stories models, else 2048)")
     p.add_argument("--objective", help="proxy loss: kl (to the dense model, default) or ppl")

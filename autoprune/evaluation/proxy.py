@@ -69,8 +69,8 @@ class ProxyEvaluator:
         self.cache_hits = 0
         self.probe = max(self.linears, key=lambda n: self.linears[n].weight.numel())
         gen = torch.Generator().manual_seed(0)
-        self._hash_keys = {n: torch.randint(0, 2**40, (2, lin.weight.shape[1]), generator=gen).to(lin.weight.device)
-                           for n, lin in self.linears.items()}
+        self._hash_keys = {n: torch.randint(0, 2**32, (lin.weight.shape[1], 2), generator=gen, dtype=torch.float64)
+                           .to(lin.weight.device) for n, lin in self.linears.items()}
 
     @property
     def max_batches(self) -> int:
@@ -90,13 +90,13 @@ class ProxyEvaluator:
 
     def mask_hash(self) -> str:
         """A digest of which weights of every prunable linear are zero now, computed on the weights'
-        device: per row, two sums of random 40-bit column keys over the kept weights (exact in
-        int64), so 2 x rows integers per layer leave the device instead of the whole mask. Two
-        masks collide only if every row's kept columns have equal key sums under both key sets."""
+        device: per row, two sums of random 32-bit column keys over the kept weights (one float64
+        matrix product, exact below 2^53), so 2 x rows numbers per layer leave the device instead
+        of the whole mask. Two masks collide only if every row's kept columns have equal key sums
+        under both key sets."""
         h = hashlib.blake2b(digest_size=16)
         for n, lin in self.linears.items():
-            kept = lin.weight.data != 0
-            sums = torch.stack([torch.where(kept, k, 0).sum(dim=1) for k in self._hash_keys[n]])
+            sums = (lin.weight.data != 0).to(torch.float64) @ self._hash_keys[n]  # (rows, 2)
             h.update(sums.cpu().numpy().tobytes())
         return h.hexdigest()
 

@@ -45,6 +45,7 @@ class SearchConfig(Config):
     eval_windows: int | None = 128
     seqlen: int | None = None  # None: 256 for the stories models, else 2048
     batch_size: int = 8
+    proxy_batch: int = 2  # windows per proxy batch, the unit of proxy fidelity in the search spaces
     objective: str = "kl"
     workers: int = 1
     cpus_per_worker: float = 1
@@ -79,7 +80,7 @@ class SearchConfig(Config):
         from autoprune.search.baselines import parse_baselines
 
         parse_baselines(self.baselines)
-        for field in ("workers", "calib_windows", "proxy_windows", "batch_size", "top_k"):
+        for field in ("workers", "calib_windows", "proxy_windows", "batch_size", "proxy_batch", "top_k"):
             if getattr(self, field) <= 0:
                 raise UserError(f"{field.replace('_', '-')} must be positive, got {getattr(self, field)}")
         self.experiment = self.experiment or f"autoprune/{self.out.resolve().name}"
@@ -210,7 +211,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     try:
         spec = WorkerSpec(model=cfg.model, calib=cfg.calib, calib_windows=cfg.calib_windows,
                           proxy_windows=cfg.proxy_windows, eval=cfg.eval, eval_windows=cfg.eval_windows,
-                          seqlen=cfg.seqlen, batch_size=cfg.batch_size, objective=cfg.objective,
+                          seqlen=cfg.seqlen, batch_size=cfg.batch_size, proxy_batch=cfg.proxy_batch,
+                          objective=cfg.objective,
                           gradients="gp" in cfg.strategy_names, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                           threads=max(1, int(cfg.cpus_per_worker)))
         pool = WorkerPool(spec, cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker,

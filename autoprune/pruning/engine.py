@@ -5,6 +5,7 @@ already pruned blocks before it, as Wanda and SparseGPT do).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -62,8 +63,11 @@ def blocks_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
 def _zeros(bls: list[dict[str, nn.Linear]]) -> tuple[dict[str, float], dict[str, int]]:
     """(fraction of exactly-zero weights, number of weights) of every linear, by full name."""
     linears = {n: lin for bl in bls for n, lin in bl.items()}
-    return ({n: (lin.weight == 0).float().mean().item() for n, lin in linears.items()},
-            {n: lin.weight.numel() for n, lin in linears.items()})
+    if not linears:
+        return {}, {}
+    zeros = torch.stack([(lin.weight == 0).sum() for lin in linears.values()]).tolist()  # one device sync
+    sizes = {n: lin.weight.numel() for n, lin in linears.items()}
+    return {n: z / sizes[n] for n, z in zip(linears, zeros)}, sizes
 
 
 def model_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
@@ -113,23 +117,43 @@ def collect_gradients(model: nn.Module, windows: Tensor, batch_size: int = 8, pr
     return {n: (s / len(windows)).sqrt().to(linears[n].weight.dtype) for n, s in sq.items()}
 
 
+STACK_ELEMENTS = 1 << 26  # weights scored in one stack of same-shaped layers (bounds the extra memory)
+
+
+def _check_nm(shape: torch.Size, policy: Policy) -> None:
+    nm = policy.nm
+    if nm is not None and shape[-1] % nm[1]:
+        raise UserError(f"pattern {policy.pattern} needs input sizes that are multiples of {nm[1]}; "
+                        f"a layer has {shape[-1]} inputs")
+
+
 def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G: Tensor | None) -> None:
     """Prune one layer in place to ``ratio`` under ``policy`` with its statistics."""
     if ratio <= 0:
         return
     W = lin.weight.data
-    nm = policy.nm
-    if nm is not None and W.shape[1] % nm[1]:
-        raise UserError(f"pattern {policy.pattern} needs input sizes that are multiples of {nm[1]}; "
-                        f"a layer has {W.shape[1]} inputs")
+    _check_nm(W.shape, policy)
     mask = None
     if policy.metric != "sparsegpt":
         metric = resolve_metric(policy.metric)
-        mask = make_mask(metric(W.float(), st.X.to(W.device), None if G is None else G.float()), ratio, nm)
+        mask = make_mask(metric(W.float(), st.X.to(W.device), None if G is None else G.float()), ratio, policy.nm)
     if policy.update == "sparsegpt":
-        W.copy_(sparsegpt(W, st.H.to(W.device), ratio, nm, mask).to(W.dtype))
+        W.copy_(sparsegpt(W, st.H.to(W.device), ratio, policy.nm, mask).to(W.dtype))
     else:
         W.mul_(mask)
+
+
+def prune_stack(lins: list[nn.Linear], ratio: float, policy: Policy, X: list[Tensor], G: list[Tensor] | None) -> None:
+    """Prune same-shaped layers in place to one ``ratio`` (no weight update), scored as one stack:
+    one metric call and one top-k for all of them, each layer getting the mask it would alone."""
+    if ratio <= 0:
+        return
+    W = torch.stack([lin.weight.data for lin in lins])
+    _check_nm(W.shape, policy)
+    scores = resolve_metric(policy.metric)(W.float(), torch.stack(X).to(W.device),
+                                           None if G is None else torch.stack(G).to(W.device).float())
+    for lin, mask in zip(lins, make_mask(scores, ratio, policy.nm)):
+        lin.weight.data.mul_(mask)
 
 
 def _finish(bls: list[dict[str, nn.Linear]], ratios: list[float], t0: float) -> PruneReport:
@@ -144,9 +168,22 @@ def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats) -> P
     bls = blocks_linears(model)
     ratios = block_ratios(policy, bls, stats.X if policy.allocation == "owl" else None)
     per_layer = layer_ratios(policy, bls, ratios)
-    for linears in bls:
+    linears = {n: lin for bl in bls for n, lin in bl.items()}
+    grads = stats.grads
+    if policy.update == "sparsegpt" or policy.metric == "sparsegpt":
         for name, lin in linears.items():
-            prune_linear(lin, per_layer[name], policy, stats.layers[name], stats.grads[name] if stats.grads else None)
+            prune_linear(lin, per_layer[name], policy, stats.layers[name], grads[name] if grads else None)
+        return _finish(bls, ratios, t0)
+    stacks: dict[tuple, list[str]] = {}  # layers that can be scored together
+    for name, lin in linears.items():
+        w = lin.weight
+        stacks.setdefault((tuple(w.shape), w.dtype, w.device, per_layer[name]), []).append(name)
+    for (shape, *_, ratio), names in stacks.items():
+        step = max(1, STACK_ELEMENTS // math.prod(shape))
+        for i in range(0, len(names), step):
+            chunk = names[i:i + step]
+            prune_stack([linears[n] for n in chunk], ratio, policy, [stats.layers[n].X for n in chunk],
+                        [grads[n] for n in chunk] if grads else None)
     return _finish(bls, ratios, t0)
 
 

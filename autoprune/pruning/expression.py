@@ -154,16 +154,17 @@ def _div(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _mms(a: Tensor) -> Tensor:
-    lo, hi = a.min(), a.max()
+    lo, hi = a.amin(dim=(-2, -1), keepdim=True), a.amax(dim=(-2, -1), keepdim=True)
     return (a - lo) / (hi - lo + EPS)
 
 
 def _zscore(a: Tensor) -> Tensor:
-    return (a - a.mean()) / (a.std(correction=0) + EPS)
+    return (a - a.mean(dim=(-2, -1), keepdim=True)) / (a.std(dim=(-2, -1), correction=0, keepdim=True) + EPS)
 
 
-def apply_op(op: str, args: list[Tensor], shape: tuple[int, int]) -> Tensor:
-    """One protected primitive on tensors broadcastable to ``shape`` = (out, in)."""
+def apply_op(op: str, args: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+    """One protected primitive on tensors broadcastable to ``shape`` = (out, in), or to a stack
+    (layers, out, in) of same-shaped layers: reductions never cross the last two dimensions."""
     a = args[0]
     if op == "abs":
         r = a.abs()
@@ -186,9 +187,9 @@ def apply_op(op: str, args: list[Tensor], shape: tuple[int, int]) -> Tensor:
     elif op == "zscore":
         r = _zscore(a)
     elif op == "rowsum":  # sum along the row of the broadcast (out, in) matrix
-        r = a.sum(dim=-1, keepdim=True) * (shape[1] / a.shape[-1])
+        r = a.sum(dim=-1, keepdim=True) * (shape[-1] / a.shape[-1])
     elif op == "colsum":
-        r = a.sum(dim=0, keepdim=True) * (shape[0] / a.shape[0])
+        r = a.sum(dim=-2, keepdim=True) * (shape[-2] / a.shape[-2])
     elif op == "add":
         r = a + args[1]
     elif op == "sub":
@@ -206,14 +207,15 @@ Compiled = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 def compile_expr(expr: Expr) -> Compiled:
-    """A function (W, X, G) -> scores (out, in), float32, finite, on W's device."""
+    """A function (W, X, G) -> scores (out, in), float32, finite, on W's device; or, stacked,
+    (W (L, out, in), X (L, in), G (L, out, in)) -> (L, out, in), layer by layer."""
     uses_g = "G" in expr.terminals
 
     def score(W: Tensor, X: Tensor, G: Tensor | None) -> Tensor:
         if uses_g and G is None:
             raise UserError(f"metric {expr} uses G, but no gradient statistics were collected")
         W = W.float()
-        env = {"W": W, "X": X.float().to(W.device).view(1, -1), "G": None if G is None else G.float().to(W.device)}
+        env = {"W": W, "X": X.float().to(W.device).unsqueeze(-2), "G": None if G is None else G.float().to(W.device)}
         shape = tuple(W.shape)
 
         def ev(e: Expr) -> Tensor:

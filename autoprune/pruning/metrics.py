@@ -6,7 +6,8 @@ Notation (one linear layer, y = W x):
     G  (out, in)  root-mean-square gradient of the LM loss w.r.t. W (None when not collected)
 
 Scores are compared within each output row (or each N:M group), so any positive per-row factor
-or monotone transform of the whole score gives the same mask.
+or monotone transform of the whole score gives the same mask. Every metric also scores a stack
+(W (L, out, in), X (L, in), G (L, out, in)) of same-shaped layers at once, layer by layer.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ def magnitude(W: Tensor, X: Tensor, G: Tensor | None) -> Tensor:
 
 def wanda(W: Tensor, X: Tensor, G: Tensor | None) -> Tensor:
     """Wanda (Sun et al. 2023): |W_ij| * ||X_j||."""
-    return W.abs() * X.unsqueeze(0)
+    return W.abs() * X.unsqueeze(-2)
 
 
 def ria(W: Tensor, X: Tensor, G: Tensor | None, a: float = 0.5) -> Tensor:
     """RIA (Zhang et al. 2024): (|W|/row sum + |W|/column sum) * ||X_j||^a, a = 0.5."""
     A = W.abs()
-    relative = A / A.sum(dim=1, keepdim=True).clamp_min(1e-12) + A / A.sum(dim=0, keepdim=True).clamp_min(1e-12)
-    return relative * X.unsqueeze(0).pow(a)
+    relative = A / A.sum(dim=-1, keepdim=True).clamp_min(1e-12) + A / A.sum(dim=-2, keepdim=True).clamp_min(1e-12)
+    return relative * X.unsqueeze(-2).pow(a)
 
 
 NAMED: dict[str, Metric] = {"magnitude": magnitude, "wanda": wanda, "ria": ria}

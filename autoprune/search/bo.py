@@ -54,15 +54,19 @@ class BOConfig:
             v = d.get(key, 1)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (key == "n_trials" and v < 1):
                 raise UserError(f"BO space: {key} must be a non-negative integer")
-        rungs = [max_batches if f is None else f for f in d.get("fidelities", [])]
-        if not all(isinstance(f, int) and 0 < f for f in rungs) or rungs != sorted(set(rungs)):
+        raw = d.get("fidelities", [])
+        given = [f for f in raw if f is not None] if isinstance(raw, list) else None
+        if (given is None or not all(isinstance(f, int) and not isinstance(f, bool) and 0 < f for f in given)
+                or given != sorted(set(given)) or None in raw[:-1]):
             raise UserError("BO space: fidelities must be increasing positive batch counts (null: all)")
+        # rungs beyond the proxy's batches collapse onto the full fidelity
+        rungs = sorted({max_batches if f is None else min(f, max_batches) for f in raw})
         pct = d.get("prune_percentile", 50.0)
         if not isinstance(pct, (int, float)) or not 0 < pct < 100:
             raise UserError("BO space: prune_percentile must be in (0, 100)")
         return cls(load_space(d.get("allocation", "per_block")), sampler, d.get("n_trials", 50),
                    d.get("n_startup_trials", 10), d.get("storage"), d.get("study_name"),
-                   tuple(min(f, max_batches) for f in rungs), float(pct), bool(d.get("seed_baselines", True)))
+                   tuple(rungs), float(pct), bool(d.get("seed_baselines", True)))
 
 
 class BOStrategy(Strategy):

@@ -41,6 +41,7 @@ PHASES = ("metric", "allocation")
 MIN_VALIDATION = 20.0  # seconds
 VALIDATION_POOL = 50  # candidates, best first, that validation may reach when time allows
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+WARM_STARTS = ("owl", "alpha")  # allocations whose ratios allocation searches may start from
 
 
 def load_space(name: str, spaces_dir: Path = SPACES_DIR) -> dict:
@@ -111,7 +112,10 @@ class Orchestrator:
                 base = replace(base, metric=p["metric"], update=p["update"])
         d = self.run_dir / "state" / phase
         d.mkdir(parents=True, exist_ok=True)
-        return SearchContext(base, self.block_sizes, self.max_batches, self.seed, d)
+        warm = ()
+        if phase == "allocation" and base.nm is None:  # OWL's and AlphaPruning's ratios, for BO's first trials
+            warm = tuple(tuple(r) for r in self.pool.block_ratios(base.to_dict(), list(WARM_STARTS)).values())
+        return SearchContext(base, self.block_sizes, self.max_batches, self.seed, d, warm)
 
     def _build(self, phase: str) -> dict[str, Strategy]:
         ctx, out = self._context(phase), {}

@@ -40,6 +40,7 @@ class WorkerSpec:
     eval_windows: int | None = 128
     seqlen: int = 256
     batch_size: int = 8
+    proxy_batch: int = 2  # windows per proxy batch: the unit of proxy fidelity (Candidate.batches)
     objective: str = "kl"
     gradients: bool = True  # G for metric expressions that use it
     seed: int = 0
@@ -74,7 +75,8 @@ class ProxyWorker:
                               progress=False)
         # proxy windows: a second draw from the calibration set, apart from the statistics' windows
         proxy = calibration_windows(self.lm.tokenizer, spec.calib, spec.proxy_windows, spec.seqlen, spec.seed + 1)
-        self.evaluator = ProxyEvaluator(self.lm.model, stats, proxy, spec.objective, spec.batch_size)
+        self.evaluator = ProxyEvaluator(self.lm.model, stats, proxy, spec.objective, spec.batch_size,
+                                        proxy_batch=spec.proxy_batch)
         self._eval_windows = None
         self._ratio = None  # RatioProxy of the metric whose allocations are being searched
         self._damage = None  # BlockDamage for the RL strategy (see damage_start)
@@ -114,6 +116,24 @@ class ProxyWorker:
                 self._ratio = None  # free the previous metric's ranks first
                 self._ratio = RatioProxy(self.evaluator, policy, progress=False)
         return self._ratio
+
+    def block_ratios(self, policy: dict, allocations: list[str]) -> dict[str, list[float]]:
+        """Per-block ratios of ``policy``'s target under each named allocation (OWL reads this
+        worker's statistics); allocations the policy cannot take are left out."""
+        from dataclasses import replace
+
+        from autoprune.pruning.allocation import block_ratios
+        from autoprune.pruning.engine import blocks_linears
+        from autoprune.pruning.policy import Policy
+
+        base, bls, out = Policy.from_dict(policy), blocks_linears(self.lm.model), {}
+        for name in allocations:
+            try:
+                p = replace(base, allocation=name, block_ratios=None, layer_ratios=None)
+                out[name] = [float(r) for r in block_ratios(p, bls, self.evaluator.stats.X)]
+            except UserError:
+                continue
+        return out
 
     def damage_start(self, policy: dict, windows: int = DAMAGE_WINDOWS) -> str | None:
         """Build the ``BlockDamage`` for allocations of ``policy``'s metric on the first ``windows``
@@ -282,6 +302,12 @@ class WorkerPool:
     def damage(self, policy: dict) -> RemoteDamage:
         """A block-damage oracle for allocations of ``policy``'s metric on one of these workers."""
         return RemoteDamage(self, policy)
+
+    def block_ratios(self, policy: dict, allocations: list[str]) -> dict[str, list[float]]:
+        """``ProxyWorker.block_ratios`` on the first worker (a direct call: jobs are not involved)."""
+        import ray
+
+        return ray.get(self.actors[0].block_ratios.remote(policy, allocations))
 
     @property
     def free(self) -> int:
