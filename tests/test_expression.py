@@ -88,6 +88,10 @@ def test_simplify_rules(text, simple):
     ("add(W, rowsum(G))", "W"), ("sub(rowsum(abs(W)), W)", "neg(W)"), ("div(G, rowsum(abs(W)))", "G"),
     ("sigmoid(tanh(exp(W)))", "W"), ("log(W)", "abs(W)"), ("mms(mul(sqr(W), X))", "mul(X, sqr(W))"),
     ("mul(abs(W), div(mul(X, div(G, 0.5)), 0.7))", "mul(abs(W), mul(G, X))"),
+    # a constant anywhere in a sum rises to its top, where it drops out
+    ("add(add(add(0.5, exp(W)), mul(X, G)), log(G))", "add(add(exp(W), mul(G, X)), log(G))"),
+    ("add(add(exp(W), mul(X, G)), log(G))", "add(add(exp(W), mul(G, X)), log(G))"),
+    ("sub(add(2, W), G)", "sub(W, G)"),
     # not rank-equivalent: must stay
     ("neg(W)", "neg(W)"), ("add(W, X)", "add(W, X)"), ("mul(W, X)", "mul(W, X)"), ("mul(W, rowsum(W))", "mul(W, rowsum(W))"),
 ])
@@ -99,6 +103,7 @@ def test_rank_form(text, form):
     "sqrt(mul(abs(W), X))", "mul(2, W)", "mul(-0.5, W)", "add(W, rowsum(G))", "sub(rowsum(abs(W)), W)",
     "div(G, rowsum(abs(W)))", "sigmoid(mul(0.5, W))", "log(mul(W, G))", "zscore(mul(sqr(W), mms(G)))",
     "exp(div(abs(W), X))", "add(mul(X, abs(W)), 2)", "mul(exp(rowsum(W)), W)",
+    "add(add(add(0.5, exp(W)), mul(X, W)), G)", "sub(add(2, W), G)",
 ])
 @pytest.mark.parametrize("nm", [None, (2, 4)])
 def test_rank_form_gives_the_same_mask(text, nm):

@@ -130,8 +130,14 @@ def _rewrite(e: Expr) -> Expr:
         return _rewrite(call("mul", const(1.0 / b.value), a))
     if op == "div" and a.op == "mul" and a.args[0].op == "const":  # (c a) / b = c (a / b)
         return _rewrite(call("mul", a.args[0], _rewrite(call("div", a.args[1], b))))
-    if op == "mul" and a.op == "mul" and a.args[0].op == "const" and b.op != "const":
+    if op in ("add", "mul") and a.op == op and a.args[0].op == "const" and b.op != "const":
         a, b = b, a
+    if op == "add" and b.op == "add" and b.args[0].op == "const":  # constants rise to the top of sums
+        if a.op == "const":
+            return _rewrite(call("add", const(a.value + b.args[0].value), b.args[1]))
+        return _rewrite(call("add", b.args[0], _rewrite(call("add", a, b.args[1]))))
+    if op == "sub" and a.op == "add" and a.args[0].op == "const":  # (c + a) - b = c + (a - b)
+        return _rewrite(call("add", a.args[0], _rewrite(call("sub", a.args[1], b))))
     if op == "mul" and b.op == "mul" and b.args[0].op == "const":  # constants rise to the top of products
         if a.op == "const":
             return _rewrite(call("mul", const(a.value * b.args[0].value), b.args[1]))
