@@ -304,10 +304,15 @@ class WorkerPool:
         return RemoteDamage(self, policy)
 
     def block_ratios(self, policy: dict, allocations: list[str]) -> dict[str, list[float]]:
-        """``ProxyWorker.block_ratios`` on the first worker (a direct call: jobs are not involved)."""
+        """``ProxyWorker.block_ratios`` on the first worker (a direct call: jobs are not involved);
+        none when that worker has died (its next job finds it dead and the pool replaces it)."""
         import ray
+        from ray.exceptions import RayActorError
 
-        return ray.get(self.actors[0].block_ratios.remote(policy, allocations))
+        try:
+            return ray.get(self.actors[0].block_ratios.remote(policy, allocations))
+        except RayActorError:
+            return {}
 
     @property
     def free(self) -> int:
