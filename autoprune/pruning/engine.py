@@ -178,12 +178,13 @@ def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats) -> P
     for name, lin in linears.items():
         w = lin.weight
         stacks.setdefault((tuple(w.shape), w.dtype, w.device, per_layer[name]), []).append(name)
+    use_g = bool(grads) and needs_gradients(policy.metric)  # G is stacked only for metrics that read it
     for (shape, *_, ratio), names in stacks.items():
         step = max(1, STACK_ELEMENTS // math.prod(shape))
         for i in range(0, len(names), step):
             chunk = names[i:i + step]
             prune_stack([linears[n] for n in chunk], ratio, policy, [stats.layers[n].X for n in chunk],
-                        [grads[n] for n in chunk] if grads else None)
+                        [grads[n] for n in chunk] if use_g else None)
     return _finish(bls, ratios, t0)
 
 
