@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ from autoprune.pruning.engine import collect_stats
 from autoprune.pruning.policy import Policy
 from autoprune.search.allocation_space import allocation_sparsity
 from autoprune.search.base import SearchContext, run_serial
-from autoprune.search.bo import BOStrategy
+from autoprune.search.bo import BOSpaces, BOStrategy
 
 SIZES = tuple({"self_attn.q_proj": 4096, "mlp.up_proj": 11008} for _ in range(4))
 GOAL = (0.45, 0.55, 0.75, 0.65)  # the allocation the synthetic objective prefers
@@ -66,6 +67,25 @@ def test_warm_starts_are_the_first_trials_after_uniform(tmp_path, name):
     assert seen[0].policy.block_ratios == pytest.approx([0.6] * 4, abs=1e-4)  # uniform, once: no duplicate
     assert seen[1].policy.block_ratios == pytest.approx(owl_like, abs=0.02)  # projected onto the target
     assert seen[2].policy.block_ratios != pytest.approx([0.6] * 4, abs=1e-4)  # the sampler's own trials
+
+
+def test_one_study_per_space_asked_in_turn_and_resumed(tmp_path):
+    two = space(allocation=["per_block", "attn_mlp"], n_trials=5, fidelities=[])
+    bo = BOSpaces(context(tmp_path), two)
+    seen = []
+    run_serial(bo, lambda cs: seen.extend(cs) or evaluate(cs), 1000)
+    assert bo.done() and len(seen) == 10
+    assert [c.tag["space"] for c in seen[:4]] == ["per_block", "attn_mlp"] * 2
+    assert (tmp_path / "per_block" / "optuna.db").exists() and (tmp_path / "attn_mlp" / "optuna.db").exists()
+    assert bo.best()[1] == min(p.best()[1] for p in bo.parts.values())
+    again = BOSpaces(context(tmp_path), two)  # a restart finds both studies finished
+    again.load_state_dict(json.loads(json.dumps(bo.state_dict())))
+    assert again.done() and again.ask(1) == [] and again.best() == bo.best()
+    one = BOSpaces(context(tmp_path / "one"), space(n_trials=2, fidelities=[]))  # a single space: as before
+    assert list(one.parts) == ["per_block"] and one.parts["per_block"].storage.endswith("one/optuna.db")
+    for bad in ([], ["per_block", "per_block"], 3):
+        with pytest.raises(UserError, match="allocation must be"):
+            BOSpaces(context(tmp_path / "bad"), space(allocation=bad))
 
 
 def test_weak_trials_are_pruned_at_low_fidelity(tmp_path):

@@ -9,13 +9,13 @@ The study lives in Optuna storage (default ``sqlite:///<run_dir>/optuna.db``, an
 under a name derived from the problem, so a restarted search resumes it: completed and pruned
 trials are kept. Trials in flight when the process stopped are adopted again when the driver
 restores ``state_dict()`` (it then delivers their results); any other trial left running is
-failed and its point queued again.
+failed and its point queued again. ``BOSpaces`` runs one such study per space of a list.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autoprune.errors import UserError
 from autoprune.evaluation.proxy import ProxyResult
@@ -213,3 +213,58 @@ class BOStrategy(Strategy):
             trial = self._adopt(number)
             if trial is not None:
                 self._promoted.append(self._candidate(trial, rung))
+
+
+class BOSpaces(Strategy):
+    """BO over several allocation spaces (``allocation: [per_block, attn_mlp]``): one study per
+    space, in ``<run_dir>/<space>``, asked in turn. Their candidates compete by proxy loss, and the
+    search's final validation picks among them: a space that overfits the proxy at one target
+    (attn_mlp at 70% on stories260K) is outranked by one that does not."""
+
+    name = "bo"
+
+    def __init__(self, context: SearchContext, space: dict):
+        names = space.get("allocation", "per_block") if isinstance(space, dict) else None
+        names = [names] if isinstance(names, (str, dict)) else names
+        if not isinstance(names, list) or not names or len({str(n) for n in names}) != len(names):
+            raise UserError("BO space: allocation must be a space name, a mapping, or a list of distinct names")
+        self.parts: dict[str, BOStrategy] = {}
+        for n in names:
+            key = n if isinstance(n, str) else str(n.get("name", "inline"))
+            own = {**space, "allocation": n}
+            if len(names) > 1 and space.get("study_name"):
+                own["study_name"] = f"{space['study_name']}-{key}"
+            run_dir = context.run_dir / key if len(names) > 1 else context.run_dir
+            self.parts[key] = BOStrategy(replace(context, run_dir=run_dir), own)
+        self._turn = 0
+
+    def ask(self, n: int) -> list[Candidate]:
+        out, order = [], list(self.parts)
+        for k in range(len(order)):
+            if len(out) >= n:
+                break
+            name = order[(self._turn + k) % len(order)]
+            out += [Candidate(c.policy, c.batches, {**c.tag, "space": name}) for c in self.parts[name].ask(n - len(out))]
+        self._turn += 1
+        return out
+
+    def tell(self, candidate: Candidate, result: ProxyResult) -> None:
+        part = self.parts.get(candidate.tag.get("space", next(iter(self.parts))))
+        if part is not None:
+            tag = {k: v for k, v in candidate.tag.items() if k != "space"}
+            part.tell(Candidate(candidate.policy, candidate.batches, tag), result)
+
+    def done(self) -> bool:
+        return all(p.done() for p in self.parts.values())
+
+    def best(self) -> tuple[Policy, float] | None:
+        found = [b for b in (p.best() for p in self.parts.values()) if b is not None]
+        return min(found, key=lambda b: b[1]) if found else None
+
+    def state_dict(self) -> dict:
+        return {name: p.state_dict() for name, p in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, p in self.parts.items():
+            if isinstance(state.get(name), dict):
+                p.load_state_dict(state[name])

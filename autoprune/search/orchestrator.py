@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 # name -> (import path, phase: "metric", "allocation" or "both")
 REGISTRY: dict[str, tuple[str, str]] = {
     "gp": ("autoprune.search.gp:GPStrategy", "metric"),
-    "bo": ("autoprune.search.bo:BOStrategy", "allocation"),
+    "bo": ("autoprune.search.bo:BOSpaces", "allocation"),
     "rl": ("autoprune.search.rl:RLStrategy", "allocation"),
     "random": ("autoprune.search.random_search:RandomStrategy", "both"),
 }
