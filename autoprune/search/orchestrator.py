@@ -38,7 +38,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "random": ("autoprune.search.random_search:RandomStrategy", "both"),
 }
 PHASES = ("metric", "allocation")
-MIN_VALIDATION = 20.0  # seconds
+MIN_VALIDATION = 6.0  # seconds per planned validation (the top-k and the baselines) in short budgets
 VALIDATION_POOL = 50  # candidates, best first, that validation may reach when time allows
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 WARM_STARTS = ("owl", "alpha")  # allocations whose ratios allocation searches may start from
@@ -180,11 +180,13 @@ class Orchestrator:
     def _plan(self) -> dict[str, float]:
         """Fractions of the usable time at which the metric and allocation phases end.
 
-        Validation gets its share of the split, but at least ``MIN_VALIDATION`` seconds when
-        that is under 40% of the time left: one full validation costs seconds, not a fraction.
+        Validation gets its share of the split, but at least ``MIN_VALIDATION`` seconds for each
+        planned validation (the top-k, the baselines and the dense model) when that is under 40%
+        of the time left: a full validation costs seconds, not a fraction of the budget.
         """
         usable = max(1e-9, self.budget.total - self.finish_reserve - self.origin)
-        val = max(self.split.validation, min(0.4, MIN_VALIDATION / usable))
+        planned = self.top_k + len(self.baselines)
+        val = max(self.split.validation, min(0.4, MIN_VALIDATION * planned / usable))
         searched = 1.0 - val
         has = {p: any(in_phase(n, p) for n in self.names) for p in PHASES}
         share = {"metric": self.split.metric if has["metric"] else 0.0,
