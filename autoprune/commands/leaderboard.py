@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     from autoprune.tracking import baselines, check_uri, leaderboard
 
-    rows = leaderboard(check_uri(args.tracking_uri), args.experiment, args.top)
+    uri = check_uri(args.tracking_uri)
+    rows = leaderboard(uri, args.experiment, args.top)
     table = Table(title=f"autoprune leaderboard ({args.tracking_uri})")
     for col in ("#", "search", "candidate", "strategy", "expression", "allocation", "proxy loss", "sparsity",
                 "eval ppl"):
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{r['proxy_loss']:.4f}", f"{r['sparsity']:.4f}", f"{ppl:.3f}" if ppl is not None else "-")
     console = Console()
     console.print(table if rows else "no candidates recorded yet")
-    searches = baselines(args.tracking_uri, args.experiment)
+    searches = baselines(uri, args.experiment)
     if searches:
         console.print(_baselines_table(searches))
     return 0

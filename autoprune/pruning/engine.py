@@ -127,16 +127,19 @@ def _check_nm(shape: torch.Size, policy: Policy) -> None:
                         f"a layer has {shape[-1]} inputs")
 
 
+def _mask(W: Tensor, ratio: float, policy: Policy, X: Tensor, G: Tensor | None) -> Tensor:
+    """The keep-mask of one layer (out, in) or of a stack of same-shaped layers (L, out, in)."""
+    scores = resolve_metric(policy.metric)(W.float(), X.to(W.device), None if G is None else G.to(W.device).float())
+    return make_mask(scores, ratio, policy.nm)
+
+
 def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G: Tensor | None) -> None:
     """Prune one layer in place to ``ratio`` under ``policy`` with its statistics."""
     if ratio <= 0:
         return
     W = lin.weight.data
     _check_nm(W.shape, policy)
-    mask = None
-    if policy.metric != "sparsegpt":
-        metric = resolve_metric(policy.metric)
-        mask = make_mask(metric(W.float(), st.X.to(W.device), None if G is None else G.float()), ratio, policy.nm)
+    mask = None if policy.metric == "sparsegpt" else _mask(W, ratio, policy, st.X, G)
     if policy.update == "sparsegpt":
         W.copy_(sparsegpt(W, st.H.to(W.device), ratio, policy.nm, mask).to(W.dtype))
     else:
@@ -150,9 +153,7 @@ def prune_stack(lins: list[nn.Linear], ratio: float, policy: Policy, X: list[Ten
         return
     W = torch.stack([lin.weight.data for lin in lins])
     _check_nm(W.shape, policy)
-    scores = resolve_metric(policy.metric)(W.float(), torch.stack(X).to(W.device),
-                                           None if G is None else torch.stack(G).to(W.device).float())
-    for lin, mask in zip(lins, make_mask(scores, ratio, policy.nm)):
+    for lin, mask in zip(lins, _mask(W, ratio, policy, torch.stack(X), None if G is None else torch.stack(G))):
         lin.weight.data.mul_(mask)
 
 

@@ -251,8 +251,7 @@ class BOSpaces(Strategy):
     def tell(self, candidate: Candidate, result: ProxyResult) -> None:
         part = self.parts.get(candidate.tag.get("space", next(iter(self.parts))))
         if part is not None:
-            tag = {k: v for k, v in candidate.tag.items() if k != "space"}
-            part.tell(Candidate(candidate.policy, candidate.batches, tag), result)
+            part.tell(candidate, result)  # a study reads its own keys of the tag
 
     def done(self) -> bool:
         return all(p.done() for p in self.parts.values())
