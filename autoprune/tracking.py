@@ -129,6 +129,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{entry['strategy']}-{entry['id']}", tags={
             "mlflow.parentRunId": self.parent_run_id, CANDIDATE_TAG: str(entry["id"]),
             "autoprune.kind": "candidate", "autoprune.strategy": entry["strategy"],
+            "autoprune.protocol": "sequential" if entry.get("sequential") else "one-shot",
             **({"autoprune.error": res["error"][:500]} if res.get("error") else {})})
         metrics = {"proxy_loss": res["loss"], "fidelity": entry.get("fidelity", 1.0), "sparsity": res["sparsity"],
                    "seconds": res["seconds"], "tokens": res["tokens"]}

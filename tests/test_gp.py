@@ -14,19 +14,20 @@ from autoprune.evaluation.proxy import ProxyEvaluator
 from autoprune.pruning.engine import collect_stats
 from autoprune.pruning.expression import parse
 from autoprune.pruning.policy import Policy
-from autoprune.pruning.simplify import rank_key
+from autoprune.pruning.simplify import rank_form, rank_key
 from autoprune.search.base import SearchContext, run_serial
 from autoprune.search.gp import GPSpace, GPStrategy
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"population": 8, "generations": 2, "max_height": 4, "low_batches": 1, "promote": 2}
+SMALL = {"population": 8, "generations": 2, "max_height": 4, "low_batches": 1, "promote": 2, "sequential": 1,
+         "sequential_share": 1.0}
 
 
 @pytest.fixture(scope="module")
 def evaluator(stories, calib):
     model = __import__("copy").deepcopy(stories.model)
     stats = collect_stats(model, calib[:4], gradients=True, progress=False)
-    return ProxyEvaluator(model, stats, calib[8:12], "kl", batch_size=2)
+    return ProxyEvaluator(model, stats, calib[8:12], "kl", batch_size=2, calib_windows=calib[:4])
 
 
 def _context(evaluator, tmp_path, pattern="unstructured", seed=0):
@@ -34,7 +35,7 @@ def _context(evaluator, tmp_path, pattern="unstructured", seed=0):
 
 
 def _evaluate(evaluator):
-    return lambda cands: [evaluator.evaluate(c.policy, c.batches) for c in cands]
+    return lambda cands: [evaluator.evaluate(c.policy, c.batches, c.sequential) for c in cands]
 
 
 def test_search_space_file_and_validation():
@@ -58,8 +59,37 @@ def test_gp_search_runs_caches_and_ranks(evaluator, tmp_path):
     policy, loss = gp.best()
     magnitude = evaluator.evaluate(Policy(metric="magnitude")).loss
     assert loss <= magnitude  # the magnitude seed is in the population, elitism keeps the best
-    assert gp.hall_of_fame()[0][1] == loss
+    hof = gp.hall_of_fame()
+    assert hof[0]["key"] == policy.metric and hof[0]["seq"] == loss  # ranked by the sequential rung
+    assert [h["seq"] for h in hof] == sorted(h["seq"] for h in hof)
     parse(policy.metric)  # the best is a canonical expression
+    # each generation scored its best full-fidelity metrics not yet scored sequentially, and those only
+    seq = [h for h in gp.history if h["fidelity"] == "seq"]
+    assert len(seq) == SMALL["generations"] * SMALL["sequential"]
+    high = {h["key"] for h in gp.history if h["fidelity"] == "high"}
+    assert {h["key"] for h in seq} <= high
+    # the best metric by the sequential rung after generation 0 is an elite of generation 1
+    first = [h for h in seq if h["generation"] == 0 and h["loss"] is not None]
+    assert min(first, key=lambda h: h["loss"])["key"] in {str(rank_form(e)) for e in gp.population}
+
+
+def test_sequential_rung_is_the_full_protocol(evaluator, stories, calib):
+    """A sequential-fidelity score equals sequential pruning of a fresh copy, then KL to dense."""
+    import copy
+
+    from autoprune.evaluation.kl import kl_to_dense
+    from autoprune.pruning.engine import prune_sequential
+
+    policy = Policy(metric="mul(abs(W), sqrt(mul(X, G)))", sparsity=0.5)
+    res = evaluator.evaluate(policy, sequential=True)
+    model = copy.deepcopy(stories.model)
+    prune_sequential(model, policy, calib[:4], batch_size=2, progress=False)  # collects its own gradients
+    assert res.ok and res.loss == pytest.approx(kl_to_dense(model, evaluator.reference), rel=1e-4)
+    assert res.loss != pytest.approx(evaluator.evaluate(policy).loss, rel=1e-3)  # not the one-shot score
+    assert evaluator.evaluate(policy, sequential=True).cached  # its masks are cached apart from one-shot's
+    without = ProxyEvaluator(evaluator.model, evaluator.stats, evaluator.windows, "kl", batch_size=2)
+    with pytest.raises(UserError, match="calibration windows"):
+        without.evaluate(policy, sequential=True)
 
 
 def test_bad_candidates_get_the_worst_fitness(evaluator, tmp_path):
@@ -137,3 +167,16 @@ def test_same_seed_same_search(evaluator, tmp_path):
 def test_seed_outside_primitive_set_is_refused(evaluator, tmp_path):
     with pytest.raises(UserError, match="not in the primitive set"):
         GPStrategy(_context(evaluator, tmp_path), {**SMALL, "unary": ["abs", "sqr"], "seeds": ["ria"]})
+
+
+def test_sequential_rung_is_rationed_and_the_hall_of_fame_has_distinct_masks(evaluator, tmp_path):
+    gp = GPStrategy(_context(evaluator, tmp_path, seed=5), {**SMALL, "generations": 6, "sequential_share": 0.05})
+    run_serial(gp, _evaluate(evaluator), 10000, batch=8)
+    seq = [h for h in gp.history if h["fidelity"] == "seq"]
+    assert 1 <= len(seq) < 6  # generation 0 always has one; then only while under 5% of the time
+    hof = gp.hall_of_fame()
+    digests = [gp.masks[h["key"]] for h in hof]
+    assert len(digests) == len(set(digests))
+    for h in hof:  # each entry is the shortest key with its masks
+        same = [k for k, d in gp.masks.items() if d == gp.masks[h["key"]]]
+        assert len(h["key"]) == min(len(k) for k in same)

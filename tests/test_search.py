@@ -317,3 +317,33 @@ def test_ray_temp_dir_is_short_enough_for_unix_sockets(tmp_path):
     deep = tmp_path / ("x" * 80) / "run"
     assert ray_temp_dir(deep).startswith("/tmp/autoprune-ray-") and len(ray_temp_dir(deep)) < 40
     assert ray_temp_dir(deep) == ray_temp_dir(deep)  # stable per folder
+
+
+GP = ["--model", "stories260K", "--sparsity", "0.5", "--strategies", "gp", "--calib-windows", "16",
+      "--proxy-windows", "8", "--eval-windows", "16", "--top-k", "2", "--baselines", "none", "--per-forward", "4"]
+
+
+def test_gp_search_stacks_candidates_and_scores_finalists_sequentially(tmp_path):
+    """A GP search sends one-shot candidates four to a job (one forward pass) and its best
+    metrics one by one under the sequential protocol; every result equals the same worker's
+    result for that candidate alone."""
+    from dataclasses import asdict
+
+    from autoprune.jobs.search import CONFIG_FILE, SearchConfig, worker_spec
+    from autoprune.search.workers import ProxyWorker
+
+    proc = _start(["search", *GP, "--budget", "45s", "--out", "runs/gp"], tmp_path)
+    text, _ = proc.communicate(timeout=200)
+    assert proc.returncode == 0, text
+    journal = tmp_path / "runs" / "gp" / "journal.jsonl"
+    submits, results = _events(journal, "submit"), _results(journal)
+    assert submits and all(e["id"] in results for e in submits)
+    seq = [e for e in submits if e["sequential"]]
+    assert seq and all(results[e["id"]]["error"] is None for e in seq)
+    cfg = SearchConfig.from_dict(json.loads((tmp_path / "runs" / "gp" / CONFIG_FILE).read_text()))
+    worker = ProxyWorker(asdict(worker_spec(cfg)))
+    one_shot = [e for e in submits if not e["sequential"] and results[e["id"]]["error"] is None]
+    for e in one_shot[:6] + seq[:1]:
+        alone = worker.evaluate(e["policy"], e["batches"], e["sequential"])
+        assert alone["loss"] == pytest.approx(results[e["id"]]["loss"], rel=1e-4), e["policy"]["metric"]
+        assert alone["masks"] == results[e["id"]]["masks"]

@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--proxy-windows", type=int, help="windows the proxy loss is measured on (default: 16)")
     p.add_argument("--proxy-batch", type=int, help="windows per proxy batch, the unit of fidelity that "
                                                    "search spaces count in (default: 2)")
+    p.add_argument("--per-forward", type=int, help="one-shot candidates stacked into one forward pass (default: 1 "
+                                                   "on a CPU; on a GPU up to 16, as 2 GiB of stacked weights allow)")
     p.add_argument("--eval-windows", type=int, help="final validation windows (default: 128)")
     p.add_argument("--seqlen", type=int, help="tokens per window (default: 256 for stories models, else 2048)")
     p.add_argument("--objective", help="proxy loss: kl (to the dense model, default) or ppl")

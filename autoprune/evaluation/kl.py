@@ -23,6 +23,14 @@ class DenseReference:
                                        for b in windows.split(batch_size)])
 
 
+def kl_sum(logp: Tensor, logits: Tensor) -> Tensor:
+    """Summed over tokens, KL(p || softmax(logits)) with ``logp`` (b, T, V) the dense log-probabilities;
+    ``logits`` (..., b, T, V) may carry leading candidate dimensions, which are kept."""
+    logq = F.log_softmax(logits.float(), dim=-1)
+    logp = logp.float()
+    return (logp.exp() * (logp - logq)).sum(dim=tuple(range(logq.dim() - logp.dim(), logq.dim())))
+
+
 @torch.no_grad()
 def kl_to_dense(model: nn.Module, reference: DenseReference, windows: int | None = None) -> float:
     """Mean over tokens of sum_v p_dense(v) (log p_dense(v) - log p_model(v)).
@@ -34,7 +42,5 @@ def kl_to_dense(model: nn.Module, reference: DenseReference, windows: int | None
     ids, ref = reference.windows[:windows], reference.logprobs[:windows]
     total = 0.0
     for batch, logp in zip(ids.split(reference.batch_size), ref.split(reference.batch_size)):
-        logq = F.log_softmax(model(batch.to(dev), use_cache=False).logits.float(), dim=-1)
-        logp = logp.float()
-        total += (logp.exp() * (logp - logq)).sum().item()
+        total += kl_sum(logp, model(batch.to(dev), use_cache=False).logits).item()
     return total / ids.numel()

@@ -21,6 +21,7 @@ from autoprune.config import Config
 from autoprune.errors import UserError
 from autoprune.pruning.policy import Policy, parse_pattern
 from autoprune.search.budget import Budget, parse_budget
+from autoprune.search.workers import WorkerSpec
 
 CONFIG_FILE = "search_config.json"
 JOURNAL_FILE = "journal.jsonl"
@@ -46,6 +47,7 @@ class SearchConfig(Config):
     seqlen: int | None = None  # None: 256 for the stories models, else 2048
     batch_size: int = 8
     proxy_batch: int = 2  # windows per proxy batch, the unit of proxy fidelity in the search spaces
+    per_forward: int | None = None  # one-shot candidates stacked into one forward pass; None: 1 on a CPU, more on a GPU
     objective: str = "kl"
     workers: int = 1
     cpus_per_worker: float = 1
@@ -80,8 +82,8 @@ class SearchConfig(Config):
         from autoprune.search.baselines import parse_baselines
 
         parse_baselines(self.baselines)
-        for field in ("workers", "calib_windows", "proxy_windows", "batch_size", "proxy_batch", "top_k"):
-            if getattr(self, field) <= 0:
+        for field in ("workers", "calib_windows", "proxy_windows", "batch_size", "proxy_batch", "top_k", "per_forward"):
+            if getattr(self, field) is not None and getattr(self, field) <= 0:
                 raise UserError(f"{field.replace('_', '-')} must be positive, got {getattr(self, field)}")
         self.experiment = self.experiment or f"autoprune/{self.out.resolve().name}"
 
@@ -104,10 +106,19 @@ class SearchResult:
     replaced: int
 
 
+def worker_spec(cfg: SearchConfig) -> WorkerSpec:
+    """What each of the search's workers loads."""
+    return WorkerSpec(model=cfg.model, calib=cfg.calib, calib_windows=cfg.calib_windows,
+                      proxy_windows=cfg.proxy_windows, eval=cfg.eval, eval_windows=cfg.eval_windows,
+                      seqlen=cfg.seqlen, batch_size=cfg.batch_size, proxy_batch=cfg.proxy_batch,
+                      objective=cfg.objective, gradients="gp" in cfg.strategy_names, seed=cfg.seed,
+                      device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)))
+
+
 def resume_config(out: Path, given: dict) -> SearchConfig:
     """The stored config of the search in ``out``; ``given`` options may change how it runs
-    (budget: the new total, workers, Ray address, tracking URI, saving the model) but not what
-    it searches."""
+    (budget: the new total, workers, Ray address, tracking URI, saving the model, baselines,
+    candidates per forward) but not what it searches."""
     stored = Path(out) / CONFIG_FILE
     if not stored.is_file():
         raise UserError(f"{out}: no search to resume (no {CONFIG_FILE})")
@@ -116,7 +127,7 @@ def resume_config(out: Path, given: dict) -> SearchConfig:
         if k in RESUMABLE and v != getattr(old, k):
             raise UserError(f"{out} was started with {k.replace('_', '-')}={getattr(old, k)!r}, not {v!r}")
     keep = {k: v for k, v in given.items()
-            if k in ("budget", "workers", "ray_address", "tracking_uri", "save_model", "baselines")}
+            if k in ("budget", "workers", "ray_address", "tracking_uri", "save_model", "baselines", "per_forward")}
     return replace(old, **keep)
 
 
@@ -199,7 +210,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
 
     from autoprune.search.baselines import parse_baselines, tracking_metrics
     from autoprune.search.orchestrator import Orchestrator
-    from autoprune.search.workers import WorkerPool, WorkerSpec
+    from autoprune.search.workers import WorkerPool
     from autoprune.tracking import Tracker
 
     track = read_json(out / TRACKING_FILE) or {}
@@ -209,13 +220,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     connect_ray(cfg)
     pool = tracker = None
     try:
-        spec = WorkerSpec(model=cfg.model, calib=cfg.calib, calib_windows=cfg.calib_windows,
-                          proxy_windows=cfg.proxy_windows, eval=cfg.eval, eval_windows=cfg.eval_windows,
-                          seqlen=cfg.seqlen, batch_size=cfg.batch_size, proxy_batch=cfg.proxy_batch,
-                          objective=cfg.objective,
-                          gradients="gp" in cfg.strategy_names, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-                          threads=max(1, int(cfg.cpus_per_worker)))
-        pool = WorkerPool(spec, cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker,
+        pool = WorkerPool(worker_spec(cfg), cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker,
                           forward_env=cfg.ray_address is not None)
         write_json_atomic(out / "workers.json", {"pids": pool.pids})
         tracker = opening.result()
@@ -229,7 +234,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
                 on_update(status)
 
         orch = Orchestrator(pool, journal, budget, base, cfg.strategy_names, out, cfg.seed, tracker,
-                            top_k=cfg.top_k, on_update=update, baselines=parse_baselines(cfg.baselines))
+                            top_k=cfg.top_k, on_update=update, baselines=parse_baselines(cfg.baselines),
+                            per_forward=cfg.per_forward)
         for e in orch.entries():  # candidates an interrupted session journalled but did not log
             tracker.log_candidate(e)
         outcome = orch.run()

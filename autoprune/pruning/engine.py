@@ -227,16 +227,19 @@ def _run_block(block: nn.Module, inputs: list[list]) -> None:
 
 @torch.no_grad()
 def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_size: int = 8,
-                     progress: bool = True) -> PruneReport:
+                     progress: bool = True, grads: dict[str, Tensor] | None = None) -> PruneReport:
     """The full protocol: prune block by block, each calibrated on the pruned blocks' outputs.
 
     Allocation (OWL) and gradient statistics come from the dense model, as in OWL and GBLM.
+    ``grads`` are the dense model's gradient statistics on ``windows`` when the caller already
+    has them (a proxy evaluator does); otherwise they are collected here if the metric reads G.
     """
     t0 = time.perf_counter()
     _, blocks = decoder_blocks(model)
     bls = blocks_linears(model)
-    grads = None
-    if needs_gradients(policy.metric):
+    if not needs_gradients(policy.metric):
+        grads = None
+    elif grads is None:
         grads = collect_gradients(model, windows, batch_size, progress)
     X = None
     if policy.allocation == "owl":

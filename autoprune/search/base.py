@@ -21,6 +21,7 @@ class Candidate:
     policy: Policy
     batches: int | None = None  # proxy fidelity: the first N proxy batches (None: all of them)
     tag: dict = field(default_factory=dict, compare=False, hash=False)  # strategy bookkeeping
+    sequential: bool = False  # prune by the sequential protocol instead of one-shot (ProxyEvaluator.evaluate)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class Strategy(ABC):
     """Constructed as ``Strategy(context, space)`` with ``space`` the parsed search-space YAML."""
 
     name: str
+    # True when asking for several candidates at once costs the search nothing (a GP generation,
+    # random draws), so the orchestrator may stack them into one forward pass; a sequential
+    # optimiser (BO, RL) should see each result before it proposes again
+    stackable: bool = False
 
     @abstractmethod
     def ask(self, n: int) -> list[Candidate]:

@@ -30,7 +30,9 @@ class GPSpace:
     hall_of_fame: int = 5
     seeds: list[str] = field(default_factory=list)
     low_batches: int = 1
-    promote: int = 2
+    promote: int = 1
+    sequential: int = 1  # per generation, the best full-fidelity metrics not yet scored sequentially
+    sequential_share: float = 0.15  # ... while the sequential rung has taken at most this share of evaluation time
     novelty_retries: int = 3  # times a child that repeats a known metric is mutated again
 
     def __post_init__(self) -> None:
@@ -44,6 +46,8 @@ class GPSpace:
             raise UserError("gp search space: needs 0 <= init_min_height <= init_max_height <= max_height")
         if not (0 <= self.crossover <= 1 and 0 <= self.mutation <= 1):
             raise UserError("gp search space: crossover and mutation are probabilities")
+        if self.sequential < 0 or not 0 < self.sequential_share <= 1:
+            raise UserError("gp search space: needs sequential >= 0 and 0 < sequential_share <= 1")
 
     @classmethod
     def from_dict(cls, space: dict) -> "GPSpace":

@@ -12,6 +12,7 @@ stopped.
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import math
 import time
@@ -62,9 +63,9 @@ def in_phase(name: str, phase: str) -> bool:
     return REGISTRY[name][1] in (phase, "both")
 
 
-def policy_key(policy: dict, batches) -> str:
+def policy_key(policy: dict, batches, sequential: bool = False) -> str:
     d = {k: v for k, v in policy.items() if k != "meta"}
-    return json.dumps([d, batches], sort_keys=True)
+    return json.dumps([d, batches, "sequential"] if sequential else [d, batches], sort_keys=True)
 
 
 @dataclass
@@ -81,11 +82,14 @@ class Orchestrator:
     def __init__(self, pool, journal: Journal, budget: Budget, base_policy: Policy, strategies: list[str],
                  run_dir: Path, seed: int, tracker=None, split: PhaseSplit = PhaseSplit(), top_k: int = 3,
                  on_update: Callable[[dict], None] | None = None, spaces_dir: Path = SPACES_DIR,
-                 finish_reserve: float | None = None, baselines: list[str] = ()):
+                 finish_reserve: float | None = None, baselines: list[str] = (), per_forward: int | None = None):
+        """``per_forward``: one-shot candidates of one strategy and fidelity sent to a worker as one
+        job and stacked into one forward pass (None: what the workers suggest for their device)."""
         self.pool, self.journal, self.budget, self.tracker = pool, journal, budget, tracker
         self.base_policy, self.names, self.run_dir, self.seed = base_policy, strategies, Path(run_dir), seed
         self.top_k, self.on_update, self.spaces_dir = top_k, on_update or (lambda s: None), spaces_dir
         self.max_batches = pool.info["max_batches"]
+        self.per_forward = max(1, per_forward or pool.info.get("per_forward", 1))
         self.block_sizes = tuple(dict(b) for b in pool.info["block_sizes"])
         self.split = split
         self.baselines, self.skipped = baseline_policies(base_policy, list(baselines))
@@ -95,7 +99,7 @@ class Orchestrator:
         self.cost = 0.0  # moving estimate of seconds per candidate (wall, including dispatch)
         self.cache: dict[str, dict] = {}  # policy + fidelity -> result, so nothing is evaluated twice
         for e in journal.results().values():
-            self.cache[policy_key(e["policy"], e.get("batches"))] = e["result"]
+            self.cache[policy_key(e["policy"], e.get("batches"), e.get("sequential", False))] = e["result"]
         self.status = {"phase": "", "evaluated": {}, "best": None, "retried": 0, "replaced": 0}
         self.oracles: list[RemoteDamage] = []  # oracles of the phase running, closed at its end
 
@@ -222,53 +226,80 @@ class Orchestrator:
             while self.pool.free > 0 and now + self.cost < deadline:
                 if rerun:
                     cid, name, cand = rerun.pop(0)
+                    batch = [(cid, cand)]
                 else:
-                    got = None
+                    got: list[Candidate] = []
                     for k in range(len(order)):
                         name = order[(turn + k) % len(order)]
                         if strategies[name].done():
                             continue
-                        cands = strategies[name].ask(1)
-                        if cands:
-                            got = cands[0]
+                        got = strategies[name].ask(self.per_forward if strategies[name].stackable else 1)
+                        if got:
                             break
                     turn += 1
-                    if got is None:
+                    if not got:
                         break
-                    cand, cid = got, self.journal.new_id()
-                    self._log({"event": "submit", "id": cid, "phase": phase, "strategy": name,
-                                         "policy": cand.policy.to_dict(), "batches": cand.batches,
-                                         "tag": _jsonable(cand.tag)})
+                    batch = []
+                    for cand in got:
+                        cid = self.journal.new_id()
+                        self._log({"event": "submit", "id": cid, "phase": phase, "strategy": name,
+                                   "policy": cand.policy.to_dict(), "batches": cand.batches,
+                                   "sequential": cand.sequential, "tag": _jsonable(cand.tag)})
+                        batch.append((cid, cand))
                     self._save(phase, name, strategies[name])
-                cached = self.cache.get(policy_key(cand.policy.to_dict(), cand.batches))
-                if cached is not None:
-                    self._record(phase, strategies, name, cid, cand, cached, 0.0)
-                    continue
-                inflight[cid] = (name, cand, time.monotonic())
-                self.pool.submit(cid, "evaluate", cand.policy.to_dict(), cand.batches)
+                self._submit(phase, strategies, name, batch, inflight)
             if not inflight and (all(s.done() for s in strategies.values()) or self.pool.free > 0):
                 break  # nothing running and nothing more to propose
-            for cid, res in self.pool.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
-                name, cand, t0 = inflight.pop(cid)
-                self._record(phase, strategies, name, cid, cand, res, time.monotonic() - t0)
+            for key, res in self.pool.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+                self._finish_job(phase, strategies, inflight, key, res)
             self._update()
         for oracle in self.oracles:  # an RL agent still stepping leaves the workers alone
             oracle.close()
         self.oracles.clear()
         grace = max(1.0, 0.01 * self.budget.total)
         while inflight and time.monotonic() < deadline + grace:
-            for cid, res in self.pool.wait(0.2):
-                name, cand, t0 = inflight.pop(cid)
-                self._record(phase, strategies, name, cid, cand, res, time.monotonic() - t0)
+            for key, res in self.pool.wait(0.2):
+                self._finish_job(phase, strategies, inflight, key, res)
         if inflight:
             self.pool.abandon()  # still running: left for a resume, not waited for
         self._update()
+
+    def _submit(self, phase, strategies, name: str, batch: list[tuple[int, Candidate]], inflight: dict) -> None:
+        """Answer from the cache what it holds; send the rest to the pool: one job per candidate
+        under the sequential protocol, one-shot candidates of one fidelity as one stacked job."""
+        groups: dict = {}
+        for cid, cand in batch:
+            cached = self.cache.get(policy_key(cand.policy.to_dict(), cand.batches, cand.sequential))
+            if cached is not None:
+                self._record(phase, strategies, name, cid, cand, cached, 0.0)
+                continue
+            inflight[cid] = (name, cand, time.monotonic())
+            if cand.sequential or self.per_forward == 1:
+                self.pool.submit(cid, "evaluate", cand.policy.to_dict(), cand.batches, cand.sequential)
+            else:
+                groups.setdefault(cand.batches, []).append((cid, cand))
+        for batches, group in groups.items():
+            if len(group) == 1:
+                cid, cand = group[0]
+                self.pool.submit(cid, "evaluate", cand.policy.to_dict(), batches)
+            else:
+                self.pool.submit(tuple(c for c, _ in group), "evaluate_many", [c.policy.to_dict() for _, c in group],
+                                 batches)
+
+    def _finish_job(self, phase, strategies, inflight: dict, key, result) -> None:
+        """Record a finished job's results: one candidate's, or a stacked job's list (an error
+        from the job is every one of its candidates' result)."""
+        cids = key if isinstance(key, tuple) else (key,)
+        results = result if isinstance(result, list) else [result] * len(cids)
+        for cid, res in zip(cids, results):
+            name, cand, t0 = inflight.pop(cid)
+            self._record(phase, strategies, name, cid, cand, res, (time.monotonic() - t0) / len(cids))
 
     def _record(self, phase, strategies, name, cid, cand, result: dict, wall: float) -> None:
         if "loss" not in result:  # the worker raised instead of returning a result
             result = asdict(ProxyResult(math.inf, math.nan, wall, 0, result["error"]))
         self._log({"event": "result", "id": cid, "result": result})
-        self.cache[policy_key(cand.policy.to_dict(), cand.batches)] = result
+        self.cache[policy_key(cand.policy.to_dict(), cand.batches, cand.sequential)] = result
         if wall > 0:
             self.cost = wall if self.cost == 0 else 0.8 * self.cost + 0.2 * wall
         strategies[name].tell(cand, ProxyResult(**result))
@@ -286,10 +317,14 @@ class Orchestrator:
         return [self._entry(cid) for cid in sorted(self.journal.results())]
 
     def best_entries(self, k: int) -> list[dict]:
-        """The ``k`` best distinct full-fidelity policies by proxy loss."""
+        """The ``k`` best distinct full-fidelity policies by proxy loss. Losses under the sequential
+        protocol are not on the one-shot scale, so the two rankings are interleaved, sequential
+        first: validation sees the best of each."""
         seen, out = set(), []
         full = [e for e in self.entries() if e["fidelity"] >= 1.0 and e["result"]["error"] is None]
-        for e in sorted(full, key=lambda e: e["result"]["loss"]):
+        tiers = [sorted((e for e in full if bool(e.get("sequential")) is seq), key=lambda e: e["result"]["loss"])
+                 for seq in (True, False)]
+        for e in (e for pair in itertools.zip_longest(*tiers) for e in pair if e is not None):
             key = policy_key(e["policy"], None)
             if key not in seen:
                 seen.add(key)
@@ -359,7 +394,7 @@ class Orchestrator:
 
 
 def _candidate(e: dict) -> Candidate:
-    return Candidate(Policy.from_dict(e["policy"]), e.get("batches"), e.get("tag") or {})
+    return Candidate(Policy.from_dict(e["policy"]), e.get("batches"), e.get("tag") or {}, e.get("sequential", False))
 
 
 def _jsonable(tag: dict) -> dict:

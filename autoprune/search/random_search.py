@@ -34,6 +34,7 @@ def balanced_ratios(target: float, offsets: list[float], weights: list[int], lo:
 
 class RandomStrategy(Strategy):
     name = "random"
+    stackable = True
 
     def __init__(self, context: SearchContext, space: dict):
         self.context = context

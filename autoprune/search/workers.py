@@ -49,6 +49,11 @@ class WorkerSpec:
     threads: int = 1
 
 
+def _by_ratio(policy: Policy) -> bool:
+    """Explicit allocations of one metric, with no weight update, can go through a ``RatioProxy``."""
+    return policy.allocation == "explicit" and policy.nm is None and policy.update == "none"
+
+
 class ProxyWorker:
     """The actor body (wrapped by ``ray.remote`` in ``WorkerPool``)."""
 
@@ -76,34 +81,46 @@ class ProxyWorker:
         # proxy windows: a second draw from the calibration set, apart from the statistics' windows
         proxy = calibration_windows(self.lm.tokenizer, spec.calib, spec.proxy_windows, spec.seqlen, spec.seed + 1)
         self.evaluator = ProxyEvaluator(self.lm.model, stats, proxy, spec.objective, spec.batch_size,
-                                        proxy_batch=spec.proxy_batch)
+                                        proxy_batch=spec.proxy_batch, calib_windows=self.calib)
         self._eval_windows = None
         self._ratio = None  # RatioProxy of the metric whose allocations are being searched
         self._damage = None  # BlockDamage for the RL strategy (see damage_start)
 
     def ready(self) -> dict:
-        """{"error"} when set-up failed, else {"pid", "block_sizes", "max_batches"}."""
+        """{"error"} when set-up failed, else {"pid", "block_sizes", "max_batches", "per_forward"}."""
         if self.error is not None:
             return {"error": self.error}
         from autoprune.models import decoder_blocks, prunable_linears
 
         _, blocks = decoder_blocks(self.lm.model)
         sizes = [{n: lin.weight.numel() for n, lin in prunable_linears(b).items()} for b in blocks]
-        return {"error": None, "pid": os.getpid(), "block_sizes": sizes, "max_batches": self.evaluator.max_batches}
+        return {"error": None, "pid": os.getpid(), "block_sizes": sizes, "max_batches": self.evaluator.max_batches,
+                "per_forward": self.evaluator.suggested_per_forward()}
 
-    def evaluate(self, policy: dict, batches: int | None = None) -> dict:
+    def evaluate(self, policy: dict, batches: int | None = None, sequential: bool = False) -> dict:
         """Proxy-evaluate one policy. Explicit allocations of one metric go through a
         ``RatioProxy`` (rows ranked once, each candidate a threshold lookup and one forward)."""
         from autoprune.pruning.policy import Policy
 
         p = Policy.from_dict(policy)
-        usable = p.allocation == "explicit" and p.nm is None and p.update == "none"
-        if usable and self.evaluator.check_scores(p.metric) is None:
+        if sequential:
+            return asdict(self.evaluator.evaluate(p, batches, sequential=True))
+        if _by_ratio(p) and self.evaluator.check_scores(p.metric) is None:
             try:
                 return asdict(self._ratio_proxy(p).evaluate(p, batches))
             except (RuntimeError, ValueError, UserError):
                 pass  # evaluating from scratch reports the error itself
         return asdict(self.evaluator.evaluate(p, batches))
+
+    def evaluate_many(self, policies: list[dict], batches: int | None = None) -> list[dict]:
+        """One-shot ``evaluate`` of several policies, their forward passes stacked into one
+        (explicit allocations still go one by one through their ``RatioProxy``)."""
+        from autoprune.pruning.policy import Policy
+
+        ps = [Policy.from_dict(p) for p in policies]
+        stack = [i for i, p in enumerate(ps) if not _by_ratio(p)]
+        out = {i: asdict(r) for i, r in zip(stack, self.evaluator.evaluate_many([ps[i] for i in stack], batches))}
+        return [out[i] if i in out else self.evaluate(policies[i], batches) for i in range(len(ps))]
 
     def _ratio_proxy(self, policy: Policy) -> RatioProxy:
         """A ``RatioProxy`` for ``policy``'s metric: the current one, the block damage's, or a new one."""
