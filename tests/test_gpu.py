@@ -8,7 +8,7 @@ import torch
 
 from autoprune.evaluation import perplexity
 from autoprune.evaluation.proxy import ProxyEvaluator
-from autoprune.pruning.engine import blocks_linears, collect_stats, prune_sequential
+from autoprune.pruning.engine import apply_policy, blocks_linears, collect_stats, prune_sequential
 from autoprune.pruning.masks import pruned_per_row
 from autoprune.pruning.policy import Policy
 
@@ -42,8 +42,6 @@ def test_cuda_one_shot_matches_cpu(evaluators, metric, pattern):
     assert res["cuda"].loss == pytest.approx(res["cpu"].loss, rel=2e-2)
     # the hash is computed on each evaluator's device: equal masks must give equal digests
     ev_gpu, ev_cpu = evaluators["cuda"], evaluators["cpu"]
-    from autoprune.pruning.engine import apply_policy
-
     apply_policy(ev_gpu.model, policy, ev_gpu.stats)
     masks = _masks(ev_gpu.model)
     for n, lin in ev_cpu.linears.items():
