@@ -244,7 +244,7 @@ class BOSpaces(Strategy):
             if len(out) >= n:
                 break
             name = order[(self._turn + k) % len(order)]
-            out += [Candidate(c.policy, c.batches, {**c.tag, "space": name}) for c in self.parts[name].ask(n - len(out))]
+            out += [replace(c, tag={**c.tag, "space": name}) for c in self.parts[name].ask(n - len(out))]
         self._turn += 1
         return out
 

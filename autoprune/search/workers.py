@@ -103,14 +103,12 @@ class ProxyWorker:
         from autoprune.pruning.policy import Policy
 
         p = Policy.from_dict(policy)
-        if sequential:
-            return asdict(self.evaluator.evaluate(p, batches, sequential=True))
-        if _by_ratio(p) and self.evaluator.check_scores(p.metric) is None:
+        if not sequential and _by_ratio(p) and self.evaluator.check_scores(p.metric) is None:
             try:
                 return asdict(self._ratio_proxy(p).evaluate(p, batches))
             except (RuntimeError, ValueError, UserError):
                 pass  # evaluating from scratch reports the error itself
-        return asdict(self.evaluator.evaluate(p, batches))
+        return asdict(self.evaluator.evaluate(p, batches, sequential))
 
     def evaluate_many(self, policies: list[dict], batches: int | None = None) -> list[dict]:
         """One-shot ``evaluate`` of several policies, their forward passes stacked into one
