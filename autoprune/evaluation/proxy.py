@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from autoprune.errors import UserError
-from autoprune.evaluation.kl import DenseReference, kl_sum, kl_to_dense
+from autoprune.evaluation.kl import DEFAULT_TOP, DenseReference, kl_to_dense
 from autoprune.evaluation.perplexity import perplexity, window_nll
 from autoprune.evaluation.stacked import stacked_linears
 from autoprune.pruning.engine import CalibrationStats, apply_policy, blocks_linears, prune_sequential
@@ -59,11 +59,12 @@ class ProxyResult:
 class ProxyEvaluator:
     def __init__(self, model: nn.Module, stats: CalibrationStats, proxy_windows: Tensor,
                  objective: str = "kl", batch_size: int = 8, cache: bool = True, proxy_batch: int | None = None,
-                 calib_windows: Tensor | None = None):
+                 calib_windows: Tensor | None = None, reference_top: int | None = DEFAULT_TOP):
         """``batch_size`` windows go through the model at a time; fidelity is counted in proxy
         batches of ``proxy_batch`` windows (default ``batch_size``), so a low-fidelity rung can be
         smaller than a forward batch. ``calib_windows`` are the windows ``stats`` came from; the
-        sequential protocol needs them."""
+        sequential protocol needs them. ``reference_top``: dense tokens kept per position for the KL
+        (``autoprune.evaluation.kl``; None keeps the full distributions)."""
         if objective not in OBJECTIVES:
             raise UserError(f"unknown proxy objective {objective!r} (choose {', '.join(OBJECTIVES)})")
         if proxy_batch is not None and proxy_batch < 1:
@@ -77,7 +78,7 @@ class ProxyEvaluator:
         self.proxy_batch = proxy_batch or batch_size
         self.linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
         self._dense = {n: lin.weight.data.clone() for n, lin in self.linears.items()}
-        self.reference = DenseReference(model, proxy_windows, batch_size) if objective == "kl" else None
+        self.reference = DenseReference(model, proxy_windows, batch_size, top=reference_top) if objective == "kl" else None
         self.cache = cache
         self._results: dict[tuple, ProxyResult] = {}
         self.cache_hits = 0
@@ -236,7 +237,7 @@ class ProxyEvaluator:
                 logits = self.model(ids.repeat(K, 1), use_cache=False).logits
                 logits = logits.view(K, ids.shape[0], *logits.shape[1:])
                 if self.objective == "kl":
-                    total += kl_sum(self.reference.logprobs[start:start + ids.shape[0]], logits).double()
+                    total += self.reference.kl_sum(logits, start, start + ids.shape[0]).double()
                 else:
                     total += window_nll(logits.flatten(0, 1), ids.repeat(K, 1)).view(K, -1).sum(dim=1).double()
         seqlen = self.windows.shape[1]

@@ -52,8 +52,8 @@ class LevelDatabase:
 
     def __init__(self, evaluator: ProxyEvaluator, policy: Policy, levels: Sequence[float],
                  directory: Path | None = None, progress: bool = True):
-        if any(st.H is None for st in evaluator.stats.layers.values()) and policy.update == "sparsegpt":
-            raise UserError("a SparseGPT level database needs statistics collected with hessian=True")
+        if any(st.H is None for st in evaluator.stats.layers.values()) and policy.update != "none":
+            raise UserError("a weight-update level database needs statistics collected with hessian=True")
         self.levels = sorted({float(x) for x in levels} | {0.0})
         self.directory = Path(directory) if directory is not None else None
         self._memory: dict[str, Tensor] = {}
@@ -104,7 +104,7 @@ class RatioProxy:
         self.blocks = blocks_linears(evaluator.model)
         self.ranks: dict[str, Tensor] = {}
         self.levels: LevelDatabase | None = None
-        if policy.update == "sparsegpt":
+        if policy.update != "none":
             ladder = levels if levels is not None else [i / 20 for i in range(20)]
             self.levels = LevelDatabase(evaluator, policy, ladder, level_dir, progress)
         else:

@@ -2,9 +2,12 @@
 
 Resolution order for a name:
 1. an existing folder: ``from_pretrained`` on it;
+   (a folder with no config.json but one ``.gguf`` file loads that file);
 2. an existing ``.bin`` file: a llama2.c checkpoint, converted once into the cache;
-3. a known alias (``stories260K``): the checkpoint under ``$AUTOPRUNE_DATA_DIR/models``,
-   then the converted copy in the cache, then the Hub;
+   an existing ``.gguf`` file: de-quantized by transformers' GGUF reader into a plain model
+   (float32 weights, ``save_pretrained`` works and plain transformers reloads it);
+3. a known alias (``stories260K``, ``smollm2-135m``): the file under ``$AUTOPRUNE_DATA_DIR/models``,
+   then a converted copy in the cache, then the Hub;
 4. anything else: a Hugging Face hub id (a short alias such as ``llama-7b`` first maps to one).
 """
 
@@ -23,6 +26,10 @@ from autoprune.models import llama2c
 # llama2.c checkpoints: alias -> (hub repo, checkpoint file, tokenizer file)
 LLAMA2C_ALIASES: dict[str, tuple[str, str, str]] = {
     "stories260K": ("karpathy/tinyllamas", "stories260K/stories260K.bin", "stories260K/tok512.model"),
+}
+# GGUF models: alias -> (hub repo, file); the file is read from $AUTOPRUNE_DATA_DIR/models/<alias>/ first
+GGUF_ALIASES: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("bartowski/SmolLM2-135M-Instruct-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 # short names for common hub models
 HUB_ALIASES: dict[str, str] = {
@@ -104,26 +111,101 @@ def _alias_folder(alias: str) -> Path:
     return _converted(ckpt, tok)
 
 
+def _gguf_file(folder: Path) -> Path | None:
+    files = sorted(folder.glob("*.gguf"))
+    if len(files) > 1:
+        raise UserError(f"{folder}: holds {len(files)} .gguf files; name the one to load")
+    return files[0] if files else None
+
+
+def _gguf_alias(alias: str) -> Path:
+    repo, file = GGUF_ALIASES[alias]
+    root = data_dir()
+    if root is not None and (root / "models" / alias / file).is_file():
+        return root / "models" / alias / file
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, file))
+    except Exception as e:  # offline, not found, no permission: all one message
+        raise UserError(f"model {alias!r}: not under $AUTOPRUNE_DATA_DIR/models/{alias} "
+                        f"and the Hub could not be reached ({type(e).__name__})") from None
+
+
 def resolve(name: str) -> Path | str:
-    """A local folder for ``name``, or the hub id to load."""
+    """A local folder or ``.gguf`` file for ``name``, or the hub id to load."""
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise UserError(f"{name}: folder has no config.json (not a Hugging Face model folder)")
+            gguf = _gguf_file(p)
+            if gguf is None:
+                raise UserError(f"{name}: folder has no config.json (not a Hugging Face model folder) and no .gguf file")
+            return _gguf_folder(gguf)
         return p
     if p.is_file():
+        if p.suffix == ".gguf":
+            return _gguf_folder(p)
         if p.suffix != ".bin":
-            raise UserError(f"{name}: a model is a folder, a llama2.c .bin checkpoint, an alias or a hub id")
+            raise UserError(f"{name}: a model is a folder, a .gguf file, a llama2.c .bin checkpoint, an alias or a hub id")
         return _converted(p, _llama2c_tokenizer(p))
     if name in LLAMA2C_ALIASES:
         return _alias_folder(name)
-    if name.endswith((".bin", ".safetensors", ".json")) or name.startswith((".", "/", "~")):
+    if name in GGUF_ALIASES:
+        return _gguf_folder(_gguf_alias(name))
+    if name.endswith((".bin", ".gguf", ".safetensors", ".json")) or name.startswith((".", "/", "~")):
         raise UserError(f"{name}: file not found")
     hub_id = HUB_ALIASES.get(name, name)
     if hub_id.count("/") != 1:
-        known = ", ".join(sorted([*LLAMA2C_ALIASES, *HUB_ALIASES]))
+        known = ", ".join(sorted([*LLAMA2C_ALIASES, *GGUF_ALIASES, *HUB_ALIASES]))
         raise UserError(f"unknown model {name!r}: not a folder, a file, a known alias ({known}) or an owner/name hub id")
     return hub_id
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _gguf_folder(path: Path) -> Path:
+    """The HF folder for a GGUF checkpoint, de-quantized once and cached by content hash."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    out = cache_dir() / "gguf" / f"{path.stem}-{h.hexdigest()[:16]}"
+    if not (out / "config.json").is_file():
+        model, tokenizer = _read_gguf(path)
+        tmp = out.with_name(out.name + ".partial")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(out)
+    return out
+
+
+def _read_gguf(path: Path) -> tuple[torch.nn.Module, object]:
+    """A GGUF checkpoint de-quantized (float32) into a plain model of its architecture.
+
+    transformers marks a model read from GGUF as quantized, and such a model refuses
+    ``save_pretrained``; a model built from the same config holding the de-quantized weights
+    saves and reloads like any other."""
+    import logging
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # its GGUF reader logs every tensor it maps
+    try:
+        read = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, EOFError, IndexError) as e:
+        raise UserError(f"cannot load GGUF file {path}: {_first_line(e)}") from None
+    config = read.config
+    for key in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, key):
+            delattr(config, key)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(read.state_dict(), strict=False)  # tied weights appear once
+    model.tie_weights()
+    return model, tokenizer
 
 
 def load_model(name: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
@@ -143,8 +225,7 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
         tokenizer = AutoTokenizer.from_pretrained(target)
     except OSError as e:
         where = "folder" if isinstance(target, Path) else "hub id"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load {where} {name!r}: {first}") from None
+        raise UserError(f"cannot load {where} {name!r}: {_first_line(e)}") from None
     model.to(dev).eval()
     model.config.use_cache = False
     return LoadedModel(model=model, tokenizer=tokenizer, name=name,

@@ -19,7 +19,8 @@ from autoprune.pruning.allocation import block_ratios, layer_ratios
 from autoprune.pruning.masks import make_mask
 from autoprune.pruning.metrics import needs_gradients, resolve_metric
 from autoprune.pruning.policy import Policy
-from autoprune.pruning.sparsegpt import sparsegpt
+from autoprune.pruning.admm import admm_update
+from autoprune.pruning.sparsegpt import sparsegpt_with_mask
 from autoprune.pruning.stats import LayerStats, StatsCollector
 
 
@@ -140,10 +141,14 @@ def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G
     W = lin.weight.data
     _check_nm(W.shape, policy)
     mask = None if policy.metric == "sparsegpt" else _mask(W, ratio, policy, st.X, G)
-    if policy.update == "sparsegpt":
-        W.copy_(sparsegpt(W, st.H.to(W.device), ratio, policy.nm, mask).to(W.dtype))
-    else:
+    if policy.update == "none":
         W.mul_(mask)
+        return
+    H = st.H.to(W.device)
+    reconstructed, mask = sparsegpt_with_mask(W, H, ratio, policy.nm, mask)
+    if policy.update == "admm":
+        reconstructed = admm_update(W, H, mask)
+    W.copy_(reconstructed.to(W.dtype))
 
 
 def prune_stack(lins: list[nn.Linear], ratio: float, policy: Policy, X: list[Tensor], G: list[Tensor] | None) -> None:
@@ -171,7 +176,7 @@ def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats) -> P
     per_layer = layer_ratios(policy, bls, ratios)
     linears = {n: lin for bl in bls for n, lin in bl.items()}
     grads = stats.grads
-    if policy.update == "sparsegpt" or policy.metric == "sparsegpt":
+    if policy.update != "none":
         for name, lin in linears.items():
             prune_linear(lin, per_layer[name], policy, stats.layers[name], grads[name] if grads else None)
         return _finish(bls, ratios, t0)
@@ -247,7 +252,7 @@ def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_si
     ratios = block_ratios(policy, bls, X)
     per_layer = layer_ratios(policy, bls, ratios)
     inputs = capture_block_inputs(model, blocks[0], windows, batch_size)
-    hessian = policy.update == "sparsegpt"
+    hessian = policy.update != "none"
     for i in tqdm(range(len(blocks)), desc="pruning blocks", disable=not progress, leave=False):
         with StatsCollector(bls[i], hessian=hessian) as col:
             _run_block(blocks[i], [list(x) for x in inputs])  # statistics only; outputs discarded

@@ -14,7 +14,7 @@ from pathlib import Path
 from autoprune.errors import UserError
 
 ALLOCATIONS = ("uniform", "owl", "alpha", "explicit")
-UPDATES = ("none", "sparsegpt")
+UPDATES = ("none", "sparsegpt", "admm")  # weight reconstruction after the mask (see ``update``)
 METHODS = ("magnitude", "wanda", "ria", "sparsegpt")
 
 
@@ -61,8 +61,10 @@ class Policy:
     ``explicit`` with one ratio per block in ``block_ratios`` and, optionally, ``layer_ratios``:
     per block, linear name within the block -> its own ratio (the others keep the block's).
     ``pattern`` is ``unstructured``
-    (each output row loses the same fraction) or ``N:M``. ``update`` ``sparsegpt`` reconstructs
-    the kept weights (OBS); with metric ``sparsegpt`` the mask is chosen by OBS too.
+    (each output row loses the same fraction) or ``N:M``. ``update`` reconstructs the kept weights
+    from the layer's Hessian: ``sparsegpt`` (OBS, column by column) or ``admm`` (all kept weights
+    jointly, autoprune.pruning.admm); ``none`` only zeroes. Metric ``sparsegpt`` chooses the mask
+    by OBS (SparseGPT's adaptive mask), then the update reconstructs it.
     """
 
     metric: str = "wanda"
@@ -102,8 +104,8 @@ class Policy:
             object.__setattr__(self, "layer_ratios", _layer_ratios(self.layer_ratios, self.block_ratios))
         if self.update not in UPDATES:
             raise UserError(f"unknown update {self.update!r} (choose {', '.join(UPDATES)})")
-        if self.metric == "sparsegpt" and self.update != "sparsegpt":
-            raise UserError("metric 'sparsegpt' (the OBS mask) needs update 'sparsegpt'")
+        if self.metric == "sparsegpt" and self.update == "none":
+            raise UserError("metric 'sparsegpt' (the OBS mask) needs a weight update (sparsegpt or admm)")
         if not self.metric.strip():
             raise UserError("empty metric")
 

@@ -34,7 +34,16 @@ def prepare_hinv(H: Tensor, W: Tensor, percdamp: float = 0.01) -> Tensor:
 def sparsegpt(W: Tensor, H: Tensor, sparsity: float, nm: tuple[int, int] | None = None,
               mask: Tensor | None = None, blocksize: int = 128, percdamp: float = 0.01) -> Tensor:
     """Return the pruned and reconstructed weight (float32, same shape as W)."""
+    return sparsegpt_with_mask(W, H, sparsity, nm, mask, blocksize, percdamp)[0]
+
+
+@torch.no_grad()
+def sparsegpt_with_mask(W: Tensor, H: Tensor, sparsity: float, nm: tuple[int, int] | None = None,
+                        mask: Tensor | None = None, blocksize: int = 128,
+                        percdamp: float = 0.01) -> tuple[Tensor, Tensor]:
+    """(the pruned and reconstructed weight, its keep-mask): the mask OBS chose, or ``mask``."""
     W = W.clone().float()
+    keep = torch.ones_like(W, dtype=torch.bool)
     rows, cols = W.shape
     Hinv = prepare_hinv(H.float(), W, percdamp)
     for i1 in range(0, cols, blocksize):
@@ -69,5 +78,6 @@ def sparsegpt(W: Tensor, H: Tensor, sparsity: float, nm: tuple[int, int] | None 
             W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err
         W[:, i1:i2] = Q1
+        keep[:, i1:i2] = keep1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return W
+    return W, keep
