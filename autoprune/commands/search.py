@@ -13,14 +13,20 @@ def add_parser(sub) -> None:
     p = sub.add_parser("search", help="search pruning metrics and layer-wise sparsity within a time budget",
                        description="Spend a time budget searching pruning policies on Ray workers; log to MLflow; "
                                    "validate and export the best policy.")
-    p.add_argument("--model", help="hub id, model folder, llama2.c .bin, or alias (stories260K)")
+    p.add_argument("--model", help="hub id, model folder, .gguf file, llama2.c .bin, or alias (stories260K, "
+                                   "smollm2-135m)")
     p.add_argument("--budget", help="wall-clock budget: 30s, 20m, 8h, 1h30m (default: 5m)")
     p.add_argument("--sparsity", type=float, help="global fraction of weights to remove (default: 0.5)")
     p.add_argument("--pattern", help="unstructured (default), 2:4, 4:8 or any N:M")
-    p.add_argument("--strategies", help="comma-separated: gp, bo, rl, random (default: gp,bo)")
+    p.add_argument("--strategies", help="comma-separated: gp, bo, rl, evo, random (default: gp,evo)")
     p.add_argument("--calib", help="calibration/search data (default: tinystories:0-499 for stories models, else c4)")
     p.add_argument("--eval", help="final validation data (default: tinystories:500-999 after tinystories "
                                   "calibration, else wikitext2)")
+    p.add_argument("--select", help="data the winner is chosen on (default: the calibration set's unused windows "
+                                    "for stories models, else wikitext2-valid); --eval only reports")
+    p.add_argument("--select-windows", type=int, help="selection windows (default: 32)")
+    p.add_argument("--updates", help="weight updates the search may choose, from none, sparsegpt, admm "
+                                     "(default: all three)")
     p.add_argument("--calib-windows", type=int, help="calibration windows for the statistics (default: 64)")
     p.add_argument("--proxy-windows", type=int, help="windows the proxy loss is measured on (default: 16)")
     p.add_argument("--proxy-batch", type=int, help="windows per proxy batch, the unit of fidelity that "
@@ -37,9 +43,12 @@ def add_parser(sub) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: autoprune/<out folder name>)")
     p.add_argument("--top-k", type=int, help="candidates fully validated at the end (default: 3)")
-    p.add_argument("--baselines", help="allocations of the base metric validated beside the winner, after its "
-                                       "top-k and as time allows, with the dense model: comma-separated from "
-                                       "uniform, owl, alpha, or none (default: uniform,owl,alpha)")
+    p.add_argument("--baselines", help="recipes validated beside the winner under the same protocol, "
+                                       "method[+allocation] (wanda, sparsegpt, ... with +owl or +alpha), or none "
+                                       "(default: wanda,wanda+owl,sparsegpt,sparsegpt+owl)")
+    p.add_argument("--owl-lambdas", help="OWL lambdas of the recipes, tuned on the selection split "
+                                         "(default: 0.05,0.1,0.15,0.2)")
+    p.add_argument("--reference-top", type=int, help="dense tokens per position the KL proxy keeps (default: 256)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/search)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     p.add_argument("--save-model", action="store_true", help="also save the pruned model (save_pretrained)")
@@ -127,13 +136,18 @@ class SearchView:
         t.add_column("value")
         t.add_row("best policy", _describe(res.best.to_dict()) + ("" if res.proxy_loss is not None else
                                                                   " (the default: no candidate scored in time)"))
+        if res.recipe is not None:
+            t.add_row("note", f"the recipe {res.recipe} beat every candidate on the selection split: it is returned")
         t.add_row("proxy loss", f"{res.proxy_loss:.4f}" if res.proxy_loss is not None else "-")
-        t.add_row(f"perplexity on {self.cfg.eval}", f"{res.perplexity:.3f}" if res.perplexity is not None
+        t.add_row(f"perplexity on {self.cfg.select} (selection)",
+                  f"{res.select_perplexity:.3f}" if res.select_perplexity is not None else "-")
+        t.add_row(f"perplexity on {self.cfg.eval} (report)", f"{res.perplexity:.3f}" if res.perplexity is not None
                   else "not validated (budget spent)")
         for b in res.baselines:
-            t.add_row(f"baseline: {b['name']}" + (f" ({b['policy']['metric']})" if b["policy"] else ""),
-                      _baseline(b))
+            lam = f" (lambda {b['policy']['owl_lambda']:g})" if b.get("policy") and b["policy"]["allocation"] == "owl" else ""
+            t.add_row(f"recipe: {b['name']}{lam}", _baseline(b))
         t.add_row("candidates", ", ".join(f"{k} {v}" for k, v in res.candidates.items()))
+        t.add_row("seconds per phase", ", ".join(f"{k} {v:.0f}" for k, v in res.phases.items()))
         t.add_row("workers replaced / candidates retried", f"{res.replaced} / {res.retried}")
         t.add_row("seconds (this run)", f"{res.seconds:.1f}")
         t.add_row("saved to", str(res.out / "best_policy.json"))
@@ -159,4 +173,5 @@ def _describe(policy: dict) -> str:
         alloc = f"alpha(eps={policy['alpha_eps']:g})"
     elif alloc == "explicit":
         alloc = "[" + " ".join(f"{r:.2f}" for r in policy["block_ratios"]) + "]"
-    return f"{policy['metric']} / {alloc}"
+    update = policy.get("update", "none")
+    return f"{policy['metric']} / {alloc}" + ("" if update == "none" else f" / {update}")

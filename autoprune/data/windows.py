@@ -25,6 +25,14 @@ def tokenize_windows(tokenizer, documents: list[str], seqlen: int) -> torch.Tens
     return torch.tensor(stream[: n * seqlen], dtype=torch.long).view(n, seqlen)
 
 
+def sample_indices(total: int, n: int, seed: int) -> torch.Tensor:
+    """The sorted indices ``sample_windows`` draws from ``total`` windows."""
+    if n >= total:
+        return torch.arange(total)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=g)[:n].sort().values
+
+
 def sample_windows(windows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """``n`` windows drawn without replacement with a seeded generator (all, in order, if n == len)."""
     if n <= 0:
@@ -33,6 +41,4 @@ def sample_windows(windows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         raise UserError(f"asked for {n} windows, but the data gives only {len(windows)}")
     if n == len(windows):
         return windows
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(windows), generator=g)[:n].sort().values
-    return windows[idx]
+    return windows[sample_indices(len(windows), n, seed)]

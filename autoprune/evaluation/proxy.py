@@ -34,7 +34,7 @@ from autoprune.errors import UserError
 from autoprune.evaluation.kl import DEFAULT_TOP, DenseReference, kl_to_dense
 from autoprune.evaluation.perplexity import perplexity, window_nll
 from autoprune.evaluation.stacked import stacked_linears
-from autoprune.pruning.engine import CalibrationStats, apply_policy, blocks_linears, prune_sequential
+from autoprune.pruning.engine import CalibrationStats, LayerCache, apply_policy, blocks_linears, prune_sequential
 from autoprune.pruning.metrics import NAMED, SOLVER_METRICS, resolve_metric
 from autoprune.pruning.policy import Policy
 
@@ -80,6 +80,7 @@ class ProxyEvaluator:
         self._dense = {n: lin.weight.data.clone() for n, lin in self.linears.items()}
         self.reference = DenseReference(model, proxy_windows, batch_size, top=reference_top) if objective == "kl" else None
         self.cache = cache
+        self.layer_cache = LayerCache() if cache else None  # reconstructed layers, for updates
         self._results: dict[tuple, ProxyResult] = {}
         self.cache_hits = 0
         self.probe = max(self.linears, key=lambda n: self.linears[n].weight.numel())
@@ -146,7 +147,7 @@ class ProxyEvaluator:
             report = prune_sequential(self.model, policy, self.calib_windows, self.batch_size, progress=False,
                                       grads=self.stats.grads)
         else:
-            report = apply_policy(self.model, policy, self.stats)
+            report = apply_policy(self.model, policy, self.stats, self.layer_cache)
         digest = self.mask_hash()
         key = (policy.update, sequential, digest, batches) if self.cache else None
         if key in self._results:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from autoprune.data import load_documents, sample_windows, tokenize_windows
+from autoprune.data.windows import sample_indices
 from autoprune.errors import UserError
 
 
@@ -21,3 +22,23 @@ def evaluation_windows(tokenizer, spec: str, seqlen: int, limit: int | None = No
             raise UserError(f"the number of windows must be positive, got {limit}")
         windows = windows[:limit]
     return windows
+
+
+def selection_windows(tokenizer, spec: str, n: int, seqlen: int, seed: int, calib: str,
+                      drawn: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """``n`` windows to choose a search's winner on, never seen by the statistics or the proxy.
+
+    From another data set they are drawn with ``seed``; from the calibration set itself (``spec``
+    equal to ``calib``) only among the windows that no draw in ``drawn`` ((count, seed) pairs:
+    the calibration and proxy windows, as ``calibration_windows`` drew them) took."""
+    windows = tokenize_windows(tokenizer, load_documents(spec), seqlen)
+    if spec != calib:
+        return sample_windows(windows, n, seed)
+    used = set()
+    for count, s in drawn:
+        used.update(sample_indices(len(windows), count, s).tolist())
+    free = torch.tensor([i for i in range(len(windows)) if i not in used], dtype=torch.long)
+    if len(free) < n:
+        raise UserError(f"{spec} gives {len(windows)} windows; after {len(used)} calibration and proxy windows "
+                        f"only {len(free)} are left for selection, not {n}: pass --select other data")
+    return windows[free[sample_indices(len(free), n, seed)]]

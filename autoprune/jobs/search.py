@@ -29,7 +29,7 @@ PROGRESS_FILE = "progress.json"
 TRACKING_FILE = "tracking.json"
 BEST_FILE = "best_policy.json"
 SUMMARY_FILE = "summary.json"
-RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "seed")
+RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "select", "updates", "seed")
 
 
 @dataclass
@@ -38,9 +38,13 @@ class SearchConfig(Config):
     budget: str = "5m"
     sparsity: float = 0.5
     pattern: str = "unstructured"
-    strategies: str = "gp,bo"
+    strategies: str = "gp,evo"
     calib: str | None = None  # None: tinystories:0-499 for the stories models, else c4
     eval: str | None = None  # None: tinystories:500-999 after tinystories calibration, else wikitext2
+    select: str | None = None  # the winner is chosen here; None: the calibration set's unused windows for
+    # the stories models, else wikitext2-valid (never the eval data: that only reports)
+    select_windows: int = 32
+    updates: str = "none,sparsegpt,admm"  # weight updates the search may choose (evo's arms)
     calib_windows: int = 64
     proxy_windows: int = 16
     eval_windows: int | None = 128
@@ -57,7 +61,9 @@ class SearchConfig(Config):
     experiment: str | None = None  # None: autoprune/<out folder name>
     out: Path = Path("runs/search")
     top_k: int = 3
-    baselines: str = "uniform,owl,alpha"  # allocations validated beside the winner (search.baselines); "none"
+    baselines: str = "wanda,wanda+owl,sparsegpt,sparsegpt+owl"  # recipes validated beside the winner; "none"
+    owl_lambdas: str = "0.05,0.1,0.15,0.2"  # OWL's lambda of the recipes, tuned on the selection split
+    reference_top: int | None = 256  # dense tokens per position the KL proxy keeps (None: the whole vocabulary)
     save_model: bool = False
     seed: int = 0
     device: str = "auto"
@@ -69,6 +75,10 @@ class SearchConfig(Config):
         stories = self.model.lower().startswith("stories")
         self.calib = self.calib or ("tinystories:0-499" if stories else "c4")
         self.eval = self.eval or ("tinystories:500-999" if self.calib.startswith("tinystories") else "wikitext2")
+        self.select = self.select or (self.calib if self.calib.startswith("tinystories") else "wikitext2-valid")
+        if self.select == self.eval:
+            raise UserError(f"--select and --eval are both {self.eval!r}: the winner must be chosen on other data "
+                            "than it is reported on")
         self.seqlen = self.seqlen or (256 if stories else 2048)
         nm = parse_pattern(self.pattern)
         if nm is not None:
@@ -79,13 +89,23 @@ class SearchConfig(Config):
         names = self.strategy_names
         if not names or any(n not in REGISTRY for n in names):
             raise UserError(f"unknown strategies {self.strategies!r} (choose from {', '.join(REGISTRY)})")
-        from autoprune.search.baselines import parse_baselines
+        from autoprune.search.baselines import parse_baselines, parse_lambdas
 
         parse_baselines(self.baselines)
-        for field in ("workers", "calib_windows", "proxy_windows", "batch_size", "proxy_batch", "top_k", "per_forward"):
+        parse_lambdas(self.owl_lambdas)
+        from autoprune.pruning.policy import UPDATES
+
+        bad = [u for u in self.update_names if u not in UPDATES]
+        if bad or not self.update_names:
+            raise UserError(f"unknown update {bad[0] if bad else self.updates!r} (choose from {', '.join(UPDATES)})")
+        for field in ("workers", "calib_windows", "select_windows", "reference_top", "proxy_windows", "batch_size", "proxy_batch", "top_k", "per_forward"):
             if getattr(self, field) is not None and getattr(self, field) <= 0:
                 raise UserError(f"{field.replace('_', '-')} must be positive, got {getattr(self, field)}")
         self.experiment = self.experiment or f"autoprune/{self.out.resolve().name}"
+
+    @property
+    def update_names(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in self.updates.split(",") if u.strip())
 
     @property
     def strategy_names(self) -> list[str]:
@@ -101,6 +121,9 @@ class SearchResult:
     candidates: dict[str, int]  # strategy -> candidates evaluated (this search, all sessions)
     validated: list[dict]
     baselines: list[dict]  # beside the winner, same protocol (see autoprune.search.baselines.report)
+    select_perplexity: float | None  # the winner's, on the selection split where it was chosen
+    recipe: str | None  # the recipe returned because it beat every candidate on the selection split
+    phases: dict[str, float]  # seconds per phase, start-up included
     seconds: float  # wall time of this session
     retried: int
     replaced: int
@@ -108,8 +131,11 @@ class SearchResult:
 
 def worker_spec(cfg: SearchConfig) -> WorkerSpec:
     """What each of the search's workers loads."""
+    searched_updates = "evo" in cfg.strategy_names and any(u != "none" for u in cfg.update_names)
     return WorkerSpec(model=cfg.model, calib=cfg.calib, calib_windows=cfg.calib_windows,
                       proxy_windows=cfg.proxy_windows, eval=cfg.eval, eval_windows=cfg.eval_windows,
+                      select=cfg.select, select_windows=cfg.select_windows, hessian=searched_updates,
+                      reference_top=cfg.reference_top,
                       seqlen=cfg.seqlen, batch_size=cfg.batch_size, proxy_batch=cfg.proxy_batch,
                       objective=cfg.objective, gradients="gp" in cfg.strategy_names, seed=cfg.seed,
                       device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)))
@@ -127,7 +153,8 @@ def resume_config(out: Path, given: dict) -> SearchConfig:
         if k in RESUMABLE and v != getattr(old, k):
             raise UserError(f"{out} was started with {k.replace('_', '-')}={getattr(old, k)!r}, not {v!r}")
     keep = {k: v for k, v in given.items()
-            if k in ("budget", "workers", "ray_address", "tracking_uri", "save_model", "baselines", "per_forward")}
+            if k in ("budget", "workers", "ray_address", "tracking_uri", "save_model", "baselines", "per_forward",
+                     "owl_lambdas")}
     return replace(old, **keep)
 
 
@@ -208,7 +235,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     session_start = spent
     import ray
 
-    from autoprune.search.baselines import parse_baselines, tracking_metrics
+    from autoprune.search.baselines import parse_baselines, parse_lambdas, tracking_metrics
     from autoprune.search.orchestrator import Orchestrator
     from autoprune.search.workers import WorkerPool
     from autoprune.tracking import Tracker
@@ -235,7 +262,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
 
         orch = Orchestrator(pool, journal, budget, base, cfg.strategy_names, out, cfg.seed, tracker,
                             top_k=cfg.top_k, on_update=update, baselines=parse_baselines(cfg.baselines),
-                            per_forward=cfg.per_forward)
+                            per_forward=cfg.per_forward, owl_lambdas=parse_lambdas(cfg.owl_lambdas),
+                            updates=cfg.update_names, validation_seconds=validation_seconds(cfg, pool.info))
         for e in orch.entries():  # candidates an interrupted session journalled but did not log
             tracker.log_candidate(e)
         outcome = orch.run()
@@ -250,13 +278,17 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
                 raise UserError(f"saving the pruned model failed: {saved[0][1]['error']}")
         write_json_atomic(out / PROGRESS_FILE, {"spent": budget.elapsed, "phase": "done"})
         journal.append({"event": "done", "t": round(budget.elapsed, 3)})
+        phases = phase_seconds(journal.events)
+        write_json_atomic(out / SUMMARY_FILE, {**read_json(out / SUMMARY_FILE), "phase_seconds": phases})
         counts = {}
         for e in orch.entries():
             counts[e["strategy"]] = counts.get(e["strategy"], 0) + 1
         tracker.finish({"best_proxy_loss": outcome.proxy_loss, "best_eval_perplexity": outcome.perplexity,
+                        "best_select_perplexity": outcome.select_perplexity,
                         "candidates": sum(counts.values()), **tracking_metrics(outcome.baselines)}, artifacts)
         return SearchResult(out, outcome.best, outcome.proxy_loss, outcome.perplexity, counts, outcome.validated,
-                            outcome.baselines, budget.elapsed - session_start, pool.retried, pool.replaced)
+                            outcome.baselines, outcome.select_perplexity, outcome.recipe, phases,
+                            budget.elapsed - session_start, pool.retried, pool.replaced)
     except BaseException:
         if tracker is not None:  # the journal keeps everything; the store shows the run stopped
             tracker.finish({}, [], "KILLED")
@@ -267,6 +299,31 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
         held.close()
 
 
+def validation_seconds(cfg: SearchConfig, info: dict) -> tuple[float, float]:
+    """Estimated seconds of one validation on the selection split (a sequential prune runs each
+    block on the calibration windows twice, plus reconstruction) and of one report on the eval data,
+    from the worker's measured seconds per dense forward of one window."""
+    per_window = info.get("window_seconds", 0.0)
+    update = 3.0 if any(u != "none" for u in cfg.update_names) else 1.0
+    select = per_window * (2 * cfg.calib_windows * update + cfg.select_windows)
+    return select, per_window * (cfg.eval_windows or 128)
+
+
+def phase_seconds(events: list[dict]) -> dict[str, float]:
+    """Seconds per phase from the journal (all sessions): start-up, the search phases, validation,
+    and finishing (results, the saved model)."""
+    out: dict[str, float] = {}
+    last_t, last = 0.0, "start-up"
+    for e in events:
+        if e["event"] in ("phase_start", "done"):
+            out[last] = out.get(last, 0.0) + e["t"] - last_t
+            last_t, last = e["t"], e.get("phase", "finishing")
+        elif e["event"] == "phase_end":
+            out[last] = out.get(last, 0.0) + e["t"] - last_t
+            last_t, last = e["t"], "between phases"
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     """best_policy.json, metric exports, plots and summary.json in the run folder; their paths."""
     from autoprune.search.journal import write_json_atomic
@@ -275,8 +332,11 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     out = cfg.out
     files: list[Path] = []
     meta = {"search": str(out), "candidate": outcome.best_id, "proxy_loss": outcome.proxy_loss,
+            "select_perplexity": outcome.select_perplexity, "select": cfg.select,
             "eval_perplexity": outcome.perplexity, "eval": cfg.eval}
-    if outcome.best_id is None:
+    if outcome.recipe is not None:
+        meta["note"] = f"the recipe {outcome.recipe} beat every candidate on the selection split: it is returned"
+    elif outcome.best_id is None:
         meta["note"] = "no candidate finished within the budget: the target with the default metric"
     best = replace(outcome.best, meta=meta)
     best.save(out / BEST_FILE)
@@ -287,7 +347,7 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     plots.mkdir(exist_ok=True)
     if entries:
         files.append(plot_progress(entries, plots / "search_progress.png"))
-    ratios = [(f"#{v['id']} ppl {v['perplexity']:.2f}", v["block_ratios"]) for v in outcome.validated]
+    ratios = [(f"#{v['id']} select ppl {v['select_perplexity']:.2f}", v["block_ratios"]) for v in outcome.validated]
     if ratios:
         files.append(plot_layer_ratios(ratios, plots / "layer_ratios.png"))
     counts: dict[str, int] = {}
@@ -296,7 +356,8 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     write_json_atomic(out / SUMMARY_FILE, {
         "config": cfg.to_dict(), "best_policy": outcome.best.to_dict(),
         "best_candidate": outcome.best_id, "best_proxy_loss": outcome.proxy_loss,
-        "best_eval_perplexity": outcome.perplexity, "validated": outcome.validated,
+        "best_select_perplexity": outcome.select_perplexity, "best_eval_perplexity": outcome.perplexity,
+        "recipe_returned": outcome.recipe, "validated": outcome.validated,
         "baselines": outcome.baselines, "candidates": counts,
         "pool": {"retried": orch.pool.retried, "replaced": orch.pool.replaced}})
     files.append(out / SUMMARY_FILE)

@@ -167,9 +167,41 @@ def _finish(bls: list[dict[str, nn.Linear]], ratios: list[float], t0: float) -> 
     return PruneReport(ratios, per_layer, sizes, time.perf_counter() - t0)
 
 
+class LayerCache:
+    """Layers pruned one-shot with a weight update, by (layer, mask, update, pattern, pruned count),
+    least recently used dropped past ``max_bytes``: a candidate that changes a few layers' ratios
+    reconstructs only those (EvoPress's level database, filled as a search visits it)."""
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        from collections import OrderedDict
+
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._items: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    def get(self, key: tuple) -> Tensor | None:
+        W = self._items.get(key)
+        if W is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return W
+
+    def put(self, key: tuple, W: Tensor) -> None:
+        self.misses += 1
+        size = W.numel() * W.element_size()
+        if size > self.max_bytes:
+            return
+        self._items[key] = W.clone()
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+
 @torch.no_grad()
-def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats) -> PruneReport:
-    """One-shot: prune every layer with statistics from the dense model (fast, for proxies)."""
+def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats,
+                 cache: LayerCache | None = None) -> PruneReport:
+    """One-shot: prune every layer with statistics from the dense model (fast, for proxies).
+    With a weight update, ``cache`` keeps reconstructed layers for later candidates."""
     t0 = time.perf_counter()
     bls = blocks_linears(model)
     ratios = block_ratios(policy, bls, stats.X if policy.allocation == "owl" else None)
@@ -178,7 +210,14 @@ def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats) -> P
     grads = stats.grads
     if policy.update != "none":
         for name, lin in linears.items():
+            key = (name, policy.metric, policy.update, policy.pattern, round(per_layer[name] * lin.weight.numel()))
+            held = cache.get(key) if cache is not None else None
+            if held is not None:
+                lin.weight.data.copy_(held)
+                continue
             prune_linear(lin, per_layer[name], policy, stats.layers[name], grads[name] if grads else None)
+            if cache is not None:
+                cache.put(key, lin.weight.data)
         return _finish(bls, ratios, t0)
     stacks: dict[tuple, list[str]] = {}  # layers that can be scored together
     for name, lin in linears.items():

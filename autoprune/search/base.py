@@ -36,6 +36,7 @@ class SearchContext:
     # per-block ratios of baseline allocations (OWL, AlphaPruning) computed where the model is;
     # a strategy may start from them
     warm_starts: tuple[tuple[float, ...], ...] = ()
+    updates: tuple[str, ...] = ("none",)  # weight updates a strategy may choose among
 
 
 Evaluate = Callable[[list[Candidate]], list[ProxyResult]]

@@ -32,7 +32,7 @@ _KEYS = {"allocation", "sampler", "n_trials", "n_startup_trials", "storage", "st
 class BOConfig:
     allocation: AllocationSpace
     sampler: str = "tpe"
-    n_trials: int = 50
+    n_trials: int | None = 50  # per space; None: until the phase's deadline
     n_startup_trials: int = 10
     storage: str | None = None
     study_name: str | None = None
@@ -52,6 +52,8 @@ class BOConfig:
             raise UserError(f"BO space: unknown sampler {sampler!r} (choose {', '.join(SAMPLERS)})")
         for key in ("n_trials", "n_startup_trials"):
             v = d.get(key, 1)
+            if key == "n_trials" and v is None:
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (key == "n_trials" and v < 1):
                 raise UserError(f"BO space: {key} must be a non-negative integer")
         raw = d.get("fidelities", [])
@@ -154,7 +156,7 @@ class BOStrategy(Strategy):
         out = []
         while self._promoted and len(out) < n:
             out.append(self._promoted.popleft())
-        room = self.config.n_trials - self.finished() - len(self._trials)
+        room = n if self.config.n_trials is None else self.config.n_trials - self.finished() - len(self._trials)
         while len(out) < n and room > 0:
             trial = self.study.ask()
             for p in self.params:
@@ -189,6 +191,8 @@ class BOStrategy(Strategy):
             self.study.tell(trial, result.loss)
 
     def done(self) -> bool:
+        if self.config.n_trials is None:
+            return False
         return not self._trials and not self._promoted and self.finished() >= self.config.n_trials
 
     def best(self) -> tuple[Policy, float] | None:

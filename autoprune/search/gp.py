@@ -262,6 +262,8 @@ class GPStrategy(Strategy):
 
     def done(self) -> bool:
         last = "sequential" if self.space.sequential > 0 else "promote"
+        if self.space.generations is None:
+            return False
         return (self.generation >= self.space.generations - 1 and self._stage == last
                 and not self._queue and not self._inflight)
 

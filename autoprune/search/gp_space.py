@@ -19,7 +19,7 @@ class GPSpace:
     terminals: list[str] = field(default_factory=lambda: list(TERMINALS))
     constants: list[float] = field(default_factory=lambda: [0.5, 2.0])
     population: int = 40
-    generations: int = 30
+    generations: int | None = None  # None: until the phase's deadline
     init_min_height: int = 1
     init_max_height: int = 3
     max_height: int = 5
@@ -40,8 +40,8 @@ class GPSpace:
             bad = sorted(set(getattr(self, name)) - set(allowed))
             if bad:
                 raise UserError(f"gp search space: unknown {name} {', '.join(bad)}")
-        if not self.terminals or self.population < 2 or self.generations < 1 or self.tournament < 1:
-            raise UserError("gp search space: needs terminals, population >= 2, generations >= 1, tournament >= 1")
+        if not self.terminals or self.population < 2 or (self.generations is not None and self.generations < 1) or self.tournament < 1:
+            raise UserError("gp search space: needs terminals, population >= 2, generations >= 1 (or null), tournament >= 1")
         if not 1 <= self.init_min_height + 1 <= self.init_max_height + 1 <= self.max_height + 1:
             raise UserError("gp search space: needs 0 <= init_min_height <= init_max_height <= max_height")
         if not (0 <= self.crossover <= 1 and 0 <= self.mutation <= 1):

@@ -24,7 +24,7 @@ from autoprune.errors import UserError
 from autoprune.evaluation.proxy import ProxyResult
 from autoprune.pruning.policy import Policy
 from autoprune.search.base import Candidate, SearchContext, Strategy
-from autoprune.search.baselines import baseline_policies, report
+from autoprune.search.baselines import DENSE, OWL_LAMBDAS, baseline_policies, best_variants, recipe, report
 from autoprune.search.budget import Budget, PhaseSplit
 from autoprune.search.journal import Journal, read_json, write_json_atomic
 
@@ -36,10 +36,12 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "gp": ("autoprune.search.gp:GPStrategy", "metric"),
     "bo": ("autoprune.search.bo:BOSpaces", "allocation"),
     "rl": ("autoprune.search.rl:RLStrategy", "allocation"),
+    "evo": ("autoprune.search.evo:EvoStrategy", "allocation"),
     "random": ("autoprune.search.random_search:RandomStrategy", "both"),
 }
 PHASES = ("metric", "allocation")
 MIN_VALIDATION = 6.0  # seconds per planned validation (the top-k and the baselines) in short budgets
+MAX_VALIDATION = 0.6  # of the usable time, at most, planned for validation
 VALIDATION_POOL = 50  # candidates, best first, that validation may reach when time allows
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 WARM_STARTS = ("owl", "alpha")  # allocations whose ratios allocation searches may start from
@@ -74,15 +76,19 @@ class Outcome:
     best_id: int | None
     proxy_loss: float | None
     perplexity: float | None  # on the eval data, when validated
-    validated: list[dict]  # {"id", "perplexity", "sparsity", "proxy_loss", "block_ratios"} in order
+    validated: list[dict]  # {"id", "select_perplexity", "eval_perplexity", "sparsity", "proxy_loss", "block_ratios"}
     baselines: list[dict]  # {"name", "perplexity", ..., "improvement"} or {"name", "skipped"} (search.baselines)
+    select_perplexity: float | None = None  # the winner's, on the selection split, where it was chosen
+    recipe: str | None = None  # the recipe that beat every candidate on the selection split, if one did
 
 
 class Orchestrator:
     def __init__(self, pool, journal: Journal, budget: Budget, base_policy: Policy, strategies: list[str],
                  run_dir: Path, seed: int, tracker=None, split: PhaseSplit = PhaseSplit(), top_k: int = 3,
                  on_update: Callable[[dict], None] | None = None, spaces_dir: Path = SPACES_DIR,
-                 finish_reserve: float | None = None, baselines: list[str] = (), per_forward: int | None = None):
+                 finish_reserve: float | None = None, baselines: list[str] = (), per_forward: int | None = None,
+                 owl_lambdas: tuple[float, ...] = OWL_LAMBDAS, updates: tuple[str, ...] = ("none",),
+                 validation_seconds: tuple[float, float] = (MIN_VALIDATION, 0.0)):
         """``per_forward``: one-shot candidates of one strategy and fidelity sent to a worker as one
         job and stacked into one forward pass (None: what the workers suggest for their device)."""
         self.pool, self.journal, self.budget, self.tracker = pool, journal, budget, tracker
@@ -92,7 +98,11 @@ class Orchestrator:
         self.per_forward = max(1, per_forward or pool.info.get("per_forward", 1))
         self.block_sizes = tuple(dict(b) for b in pool.info["block_sizes"])
         self.split = split
-        self.baselines, self.skipped = baseline_policies(base_policy, list(baselines))
+        self.recipes = list(baselines)
+        self.baselines, self.skipped = baseline_policies(base_policy, self.recipes, owl_lambdas)
+        self.updates = tuple(updates)
+        # estimated seconds of one validation on the selection split and of one report on the eval data
+        self.validation_seconds = validation_seconds
         # seconds left at the end to write results and stop the workers
         self.finish_reserve = 8.0 + 0.01 * budget.total if finish_reserve is None else finish_reserve
         self.origin = budget.elapsed
@@ -119,7 +129,7 @@ class Orchestrator:
         warm = ()
         if phase == "allocation" and base.nm is None:  # OWL's and AlphaPruning's ratios, for BO's first trials
             warm = tuple(tuple(r) for r in self.pool.block_ratios(base.to_dict(), list(WARM_STARTS)).values())
-        return SearchContext(base, self.block_sizes, self.max_batches, self.seed, d, warm)
+        return SearchContext(base, self.block_sizes, self.max_batches, self.seed, d, warm, self.updates)
 
     def _build(self, phase: str) -> dict[str, Strategy]:
         ctx, out = self._context(phase), {}
@@ -184,13 +194,15 @@ class Orchestrator:
     def _plan(self) -> dict[str, float]:
         """Fractions of the usable time at which the metric and allocation phases end.
 
-        Validation gets its share of the split, but at least ``MIN_VALIDATION`` seconds for each
-        planned validation (the top-k, the baselines and the dense model) when that is under 40%
-        of the time left: a full validation costs seconds, not a fraction of the budget.
+        Validation gets its share of the split, but at least the estimated time of the planned
+        validations (the top-k and every recipe variant on the selection split, then the winner,
+        each recipe and the dense model on the evaluation data), up to ``MAX_VALIDATION``.
         """
         usable = max(1e-9, self.budget.total - self.finish_reserve - self.origin)
-        planned = self.top_k + len(self.baselines)
-        val = max(self.split.validation, min(0.4, MIN_VALIDATION * planned / usable))
+        select, report_ = self.validation_seconds
+        recipes = len(self.recipes) + 2 if self.recipes else 1  # their best variants, the winner, dense
+        planned = (self.top_k + len(self.baselines)) * max(select, MIN_VALIDATION) + recipes * report_
+        val = max(self.split.validation, min(MAX_VALIDATION, planned / usable))
         searched = 1.0 - val
         has = {p: any(in_phase(n, p) for n in self.names) for p in PHASES}
         share = {"metric": self.split.metric if has["metric"] else 0.0,
@@ -341,55 +353,90 @@ class Orchestrator:
 
     # -- final validation -----------------------------------------------------------------
     def validate(self) -> Outcome:
-        """Full sequential protocol on the eval data: the ``top_k`` best by proxy loss, then the
-        baselines, then the next best ones, each while one more validation still fits in the time
-        left. Pool keys: a candidate's id (int) or a baseline's name (str)."""
+        """Full sequential protocol, first on the selection split, then on the evaluation data.
+
+        In order, each job while one more still fits in the time left: the ``top_k`` best
+        candidates by proxy loss and every recipe (``search.baselines``) on the selection split;
+        then, on the evaluation data, the winner (the lowest selection perplexity among candidates
+        *and* recipes), each recipe's best variant and the dense model; then further candidates
+        on the selection split (and the evaluation data, should one take the lead). The
+        evaluation data decides nothing. Pool keys: (candidate id or recipe key, split)."""
         self.status["phase"] = "validation"
         self._log({"event": "phase_start", "phase": "validation"})
-        done = {e["id"]: e["result"] for e in self.journal.of("validate")}
-        done.update({e["name"]: e["result"] for e in self.journal.of("baseline")})
+        selected: dict = {e["id"]: e["result"] for e in self.journal.of("validate")}
+        selected.update({e["name"]: e["result"] for e in self.journal.of("baseline")})
+        reported: dict = {e["key"]: e["result"] for e in self.journal.of("report")}
         ranked = self.best_entries(max(self.top_k, VALIDATION_POOL))
-        todo = [(e["id"], e["policy"]) for e in ranked if e["id"] not in done]
-        first = max(0, self.top_k - sum(isinstance(k, int) for k in done))
-        queue = todo[first:]
-        queue[:0] = [(n, p and p.to_dict()) for n, p in self.baselines.items() if n not in done]
+        policies: dict = {e["id"]: e["policy"] for e in ranked}
+        policies.update({k: p.to_dict() if p is not None else None for k, p in self.baselines.items()})
+        first = [e["id"] for e in ranked[:self.top_k]] + [k for k in self.baselines if k != DENSE]
+        later = [e["id"] for e in ranked[self.top_k:]]
+
+        def winner():
+            ok = {k: r for k, r in selected.items() if k != DENSE and "error" not in r}
+            return min(ok, key=lambda k: ok[k]["perplexity"]) if ok else None
+
+        def next_job(running: set):
+            for k in first:
+                if k not in selected and (k, "select") not in running:
+                    return k, "select"
+            recipes = {k: r for k, r in selected.items() if isinstance(k, str)}
+            wanted = [winner(), *best_variants(recipes).values(), *([DENSE] if DENSE in self.baselines else [])]
+            for k in wanted:
+                if k is not None and (k in selected or k == DENSE) and k not in reported and (k, "eval") not in running:
+                    return k, "eval"
+            for k in later:
+                if k not in selected and (k, "select") not in running:
+                    return k, "select"
+            return None
+
         running: set = set()
-        for key, policy in todo[:first]:
-            self.pool.submit(key, "validate", policy)
-            running.add(key)
         end, cost = self._deadline(1.0), 0.0  # cost: the slowest validation so far (worker seconds)
         while time.monotonic() < end:
-            while queue and self.pool.free > 0 and (time.monotonic() + cost < end if cost > 0 else not running):
-                key, policy = queue.pop(0)
-                self.pool.submit(key, "validate", policy)
-                running.add(key)
+            while self.pool.free > 0 and (time.monotonic() + cost < end if cost > 0 else not running):
+                job = next_job(running)
+                if job is None:
+                    break
+                self.pool.submit(job, "validate", policies[job[0]], None, job[1])
+                running.add(job)
             if not running:
                 break
-            for key, res in self.pool.wait(min(0.5, max(0.0, end - time.monotonic()))):
+            for (key, split), res in self.pool.wait(min(0.5, max(0.0, end - time.monotonic()))):
                 res = {"perplexity": math.inf, **res} if "error" in res else res
-                kind = {"event": "baseline", "name": key} if isinstance(key, str) else {"event": "validate", "id": key}
-                self._log({**kind, "result": res})
-                done[key] = res
-                running.discard(key)
+                running.discard((key, split))
                 cost = max(cost, res.get("seconds", 0.0))
+                if split == "eval":
+                    self._log({"event": "report", "key": key, "result": res})
+                    reported[key] = res
+                else:
+                    kind = {"event": "baseline", "name": key} if isinstance(key, str) else {"event": "validate", "id": key}
+                    self._log({**kind, "result": res})
+                    selected[key] = res
                 if self.tracker is not None and "error" not in res and isinstance(key, int):
-                    self.tracker.log_validation(key, {"eval_perplexity": res["perplexity"]})
+                    self.tracker.log_validation(key, {f"{split}_perplexity": res["perplexity"]})
             self._update()
         if running:
             self.pool.abandon(replace=False)  # the search is over: no new workers
-        validated = [{"id": e["id"], "policy": e["policy"], "proxy_loss": e["result"]["loss"], **done[e["id"]]}
-                     for e in ranked if e["id"] in done and "error" not in done[e["id"]]]
-        if validated:
-            win = min(validated, key=lambda v: v["perplexity"])
-            outcome = Outcome(Policy.from_dict(win["policy"]), win["id"], win["proxy_loss"], win["perplexity"],
-                              validated, [])
+        validated = [{"id": e["id"], "policy": e["policy"], "proxy_loss": e["result"]["loss"], **selected[e["id"]],
+                      "select_perplexity": selected[e["id"]]["perplexity"],
+                      "eval_perplexity": reported.get(e["id"], {}).get("perplexity")}
+                     for e in ranked if e["id"] in selected and "error" not in selected[e["id"]]]
+        win = winner()
+        if win is not None:
+            by_id = {e["id"]: e for e in ranked}
+            outcome = Outcome(Policy.from_dict(policies[win]), win if isinstance(win, int) else None,
+                              by_id[win]["result"]["loss"] if isinstance(win, int) else None,
+                              reported.get(win, {}).get("perplexity"), validated, [],
+                              select_perplexity=selected[win]["perplexity"],
+                              recipe=recipe(win) if isinstance(win, str) else None)
         elif ranked:  # stopped before any validation finished: the best by proxy
             best = ranked[0]
             outcome = Outcome(Policy.from_dict(best["policy"]), best["id"], best["result"]["loss"], None, [], [])
         else:  # nothing finished (the budget went on start-up): the target with the default metric
             outcome = Outcome(self.base_policy, None, None, None, [], [])
-        results = {k: v for k, v in done.items() if isinstance(k, str)}
-        outcome.baselines = report(self.baselines, self.skipped, results, outcome.perplexity)
+        outcome.baselines = report(self.recipes, self.baselines, self.skipped,
+                                   {k: v for k, v in selected.items() if isinstance(k, str)}, reported,
+                                   outcome.perplexity)
         return outcome
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 # environment a worker needs to find models and data, also on a cluster it joins
 _FORWARDED_ENV = ("AUTOPRUNE_DATA_DIR", "AUTOPRUNE_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_DISABLE_PROGRESS_BARS")
+PRUNED_KEPT = 4  # validated models a worker keeps (prunable weights only) for their reports
 DAMAGE_WINDOWS = 4  # proxy windows the RL block damage forwards (hidden states of every block are cached)
 
 
@@ -38,11 +39,15 @@ class WorkerSpec:
     proxy_windows: int = 16
     eval: str = "tinystories:500-999"
     eval_windows: int | None = 128
+    select: str = "tinystories:0-499"  # the winner is chosen here (see jobs.common.selection_windows)
+    select_windows: int = 32
     seqlen: int = 256
     batch_size: int = 8
     proxy_batch: int = 2  # windows per proxy batch: the unit of proxy fidelity (Candidate.batches)
     objective: str = "kl"
     gradients: bool = True  # G for metric expressions that use it
+    hessian: bool = False  # per-layer Hessians, for one-shot candidates with a weight update
+    reference_top: int | None = 256  # dense tokens kept per position for the KL (None: all)
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
@@ -76,13 +81,17 @@ class ProxyWorker:
         self.spec = spec
         self.lm = load_model(spec.model, spec.dtype, spec.device)
         self.calib = calibration_windows(self.lm.tokenizer, spec.calib, spec.calib_windows, spec.seqlen, spec.seed)
-        stats = collect_stats(self.lm.model, self.calib, gradients=spec.gradients, batch_size=spec.batch_size,
-                              progress=False)
+        stats = collect_stats(self.lm.model, self.calib, hessian=spec.hessian, gradients=spec.gradients,
+                              batch_size=spec.batch_size, progress=False)
         # proxy windows: a second draw from the calibration set, apart from the statistics' windows
         proxy = calibration_windows(self.lm.tokenizer, spec.calib, spec.proxy_windows, spec.seqlen, spec.seed + 1)
+        t0 = time.perf_counter()
         self.evaluator = ProxyEvaluator(self.lm.model, stats, proxy, spec.objective, spec.batch_size,
-                                        proxy_batch=spec.proxy_batch, calib_windows=self.calib)
-        self._eval_windows = None
+                                        proxy_batch=spec.proxy_batch, calib_windows=self.calib,
+                                        reference_top=spec.reference_top)
+        self.window_seconds = (time.perf_counter() - t0) / len(proxy)  # one dense forward of one window
+        self._windows: dict[str, torch.Tensor] = {}  # "select" and "eval", made when first needed
+        self._pruned: dict[str, dict] = {}  # the last validated policies' pruned weights, for their reports
         self._ratio = None  # RatioProxy of the metric whose allocations are being searched
         self._damage = None  # BlockDamage for the RL strategy (see damage_start)
 
@@ -95,7 +104,7 @@ class ProxyWorker:
         _, blocks = decoder_blocks(self.lm.model)
         sizes = [{n: lin.weight.numel() for n, lin in prunable_linears(b).items()} for b in blocks]
         return {"error": None, "pid": os.getpid(), "block_sizes": sizes, "max_batches": self.evaluator.max_batches,
-                "per_forward": self.evaluator.suggested_per_forward()}
+                "per_forward": self.evaluator.suggested_per_forward(), "window_seconds": self.window_seconds}
 
     def evaluate(self, policy: dict, batches: int | None = None, sequential: bool = False) -> dict:
         """Proxy-evaluate one policy. Explicit allocations of one metric go through a
@@ -176,24 +185,48 @@ class ProxyWorker:
         """Free the block damage's cached hidden states."""
         self._damage = None
 
-    def validate(self, policy: dict | None, save_to: str | None = None) -> dict:
+    def _split(self, split: str):
+        from autoprune.jobs.common import evaluation_windows, selection_windows
+
+        if split not in self._windows:
+            s = self.spec
+            if split == "eval":
+                self._windows[split] = evaluation_windows(self.lm.tokenizer, s.eval, s.seqlen, s.eval_windows)
+            else:
+                drawn = ((s.calib_windows, s.seed), (s.proxy_windows, s.seed + 1))
+                self._windows[split] = selection_windows(self.lm.tokenizer, s.select, s.select_windows, s.seqlen,
+                                                         s.seed + 2, s.calib, drawn)
+        return self._windows[split]
+
+    def validate(self, policy: dict | None, save_to: str | None = None, split: str = "select") -> dict:
         """Full protocol on a copy of the dense model: sequential pruning with the calibration
-        windows, then perplexity on the eval windows. ``policy`` None measures the dense model."""
+        windows, then perplexity on the ``select`` windows (where the winner is chosen) or the
+        ``eval`` windows (where it is reported). ``policy`` None measures the dense model. The
+        last few pruned models are kept, so a policy's report does not prune it again."""
+        import json
+
         from autoprune.evaluation import perplexity
-        from autoprune.jobs.common import evaluation_windows
-        from autoprune.pruning.engine import model_sparsity, prune_sequential
+        from autoprune.pruning.engine import blocks_linears, model_sparsity, prune_sequential
         from autoprune.pruning.policy import Policy
 
         t0 = time.perf_counter()
-        if self._eval_windows is None:
-            s = self.spec
-            self._eval_windows = evaluation_windows(self.lm.tokenizer, s.eval, s.seqlen, s.eval_windows)
+        windows = self._split(split)
         model = copy.deepcopy(self.lm.model)
+        key = json.dumps({k: v for k, v in (policy or {}).items() if k != "meta"}, sort_keys=True)
         ratios: list[float] = []
-        if policy is not None:
+        linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
+        if policy is not None and key in self._pruned:
+            held = self._pruned[key]
+            ratios = held["ratios"]
+            for n, lin in linears.items():
+                lin.weight.data.copy_(held["weights"][n])
+        elif policy is not None:
             ratios = prune_sequential(model, Policy.from_dict(policy), self.calib, self.spec.batch_size,
                                       progress=False).block_ratios
-        res = perplexity(model, self._eval_windows, self.spec.batch_size)
+            if len(self._pruned) >= PRUNED_KEPT:
+                del self._pruned[next(iter(self._pruned))]
+            self._pruned[key] = {"ratios": ratios, "weights": {n: lin.weight.data.clone() for n, lin in linears.items()}}
+        res = perplexity(model, windows, self.spec.batch_size)
         if save_to is not None:
             Path(save_to).mkdir(parents=True, exist_ok=True)
             model.save_pretrained(save_to)
