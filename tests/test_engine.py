@@ -134,3 +134,21 @@ def test_stacked_one_shot_equals_layer_by_layer(stories, fresh_model, calib, met
     for got, want in zip(blocks_linears(fresh_model), blocks_linears(reference)):
         for name in got:
             assert torch.equal(got[name].weight, want[name].weight), name
+
+
+def test_top_k_reference_bounds_and_tracks_the_full_kl(stories, fresh_model, calib):
+    """The top-k + tail reference is the KL of coarsened distributions: never above the full KL,
+    equal to it when the vocabulary fits, close to it with a few hundred tokens kept."""
+    full = DenseReference(stories.model, calib[:4], batch_size=2, top=None)
+    assert DenseReference(stories.model, calib[:4], batch_size=2, top=512).logprobs is not None  # vocab 512: full
+    top = DenseReference(stories.model, calib[:4], batch_size=2, top=64)
+    assert top.logprobs is None and top.bytes < full.bytes / 3
+    assert kl_to_dense(stories.model, top) == pytest.approx(0.0, abs=1e-5)
+    losses = []
+    for ratio in (0.3, 0.5, 0.7):
+        model = copy.deepcopy(stories.model)
+        prune_sequential(model, Policy.from_method("wanda", ratio), calib, progress=False)
+        losses.append((kl_to_dense(model, full), kl_to_dense(model, top)))
+    for exact, coarse in losses:
+        assert 0.9 * exact <= coarse <= exact + 1e-6
+    assert sorted(losses) == sorted(losses, key=lambda x: x[1])  # the same order

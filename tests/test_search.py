@@ -78,10 +78,15 @@ def test_resume_keeps_every_completed_candidate_and_finishes(scenario):
         assert json.dumps(after[cid]) == json.dumps(res)
     assert len(after) > len(scenario["before"])
     policy = Policy.load(scenario["out"] / "best_policy.json")
-    assert policy.sparsity == 0.5 and policy.meta["candidate"] in after
     summary = json.loads((scenario["out"] / "summary.json").read_text())
-    if summary["validated"]:  # the best by held-out perplexity among the validated
-        assert summary["best_eval_perplexity"] == min(v["perplexity"] for v in summary["validated"])
+    assert policy.sparsity == 0.5
+    recipes = {r["name"]: r for r in summary["baselines"] if "skipped" not in r and r["name"] != "dense"}
+    chosen = [v["select_perplexity"] for v in summary["validated"]] + [r["select_perplexity"] for r in recipes.values()]
+    if summary["recipe_returned"]:  # a recipe beat every candidate on the selection split: it is returned
+        assert policy.meta["candidate"] is None and summary["recipe_returned"] in policy.meta["note"]
+        assert summary["best_select_perplexity"] == min(chosen)
+    elif summary["validated"]:  # the best on the selection split among the validated (never the eval data)
+        assert policy.meta["candidate"] in after and summary["best_select_perplexity"] == min(chosen)
     else:  # stopped before validation: the best by proxy loss
         assert summary["best_proxy_loss"] == min(r["loss"] for r in after.values())
 
@@ -120,7 +125,8 @@ def test_leaderboard_lists_the_search(scenario):
 
 
 RL = ["--model", "stories260K", "--sparsity", "0.5", "--strategies", "rl", "--calib-windows", "16",
-      "--proxy-windows", "8", "--eval-windows", "16", "--top-k", "2"]
+      "--proxy-windows", "8", "--eval-windows", "16", "--top-k", "2", "--baselines", "wanda,wanda+owl",
+      "--owl-lambdas", "0.08,0.15"]
 
 
 def _events(journal: Path, kind: str) -> list[dict]:
@@ -162,29 +168,33 @@ def test_rl_episodes_get_per_step_rewards_in_every_session(rl_search):
 def test_baselines_are_validated_once_and_reported_beside_the_winner(rl_search):
     from mlflow.tracking import MlflowClient
 
-    from autoprune.pruning.policy import ALLOCATIONS
+    from autoprune.search.baselines import recipe
 
     out = rl_search["out"]
     names = [e["name"] for e in _events(out / "journal.jsonl", "baseline")]
     assert names and len(names) == len(set(names))  # none validated twice across the sessions
+    reports = [e["key"] for e in _events(out / "journal.jsonl", "report")]
+    assert len(reports) == len(set(map(str, reports)))
     rows = json.loads((out / "summary.json").read_text())["baselines"]
-    expected = ["dense", "uniform", "owl"] + (["alpha"] if "alpha" in ALLOCATIONS else [])
-    assert [r["name"] for r in rows] == expected
+    assert [r["name"] for r in rows] == ["dense", "wanda", "wanda+owl"]
     done = {r["name"]: r for r in rows if "skipped" not in r}
-    assert set(names) == set(done) and "dense" in done
+    assert "dense" in done and set(done) - {"dense"} <= {recipe(n) for n in names}
     assert all(r["skipped"] == "did not fit in the validation time left" for r in rows if "skipped" in r)
+    selected = {e["name"]: e["result"]["perplexity"] for e in _events(out / "journal.jsonl", "baseline")}
     for name, r in done.items():
         if name != "dense":
-            assert r["policy"]["metric"] == "wanda" and r["policy"]["allocation"] == name
+            assert r["policy"]["metric"] == "wanda" and r["policy"]["allocation"] == ("owl" if "owl" in name else "uniform")
             assert r["sparsity"] == pytest.approx(0.5, abs=0.01) and r["perplexity"] > done["dense"]["perplexity"]
-    assert "baseline: dense" in rl_search["text"] and "baseline: uniform (wanda)" in rl_search["text"]
+            # OWL's lambda is the one with the lowest selection perplexity
+            assert r["select_perplexity"] == min(v for k, v in selected.items() if recipe(k) == name)
+    assert "recipe: dense" in rl_search["text"] and "recipe: wanda" in rl_search["text"]
     track = json.loads((out / "tracking.json").read_text())
     client = MlflowClient(f"sqlite:///{rl_search['cwd']}/runs/mlflow.db")
     metrics = client.get_run(track["parent_run_id"]).data.metrics
     assert metrics["baseline_dense_ppl"] == pytest.approx(done["dense"]["perplexity"])
     p = subprocess.run(CLI + ["leaderboard", "--experiment", "rl"], cwd=rl_search["cwd"], capture_output=True,
                        text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
-    assert p.returncode == 0 and "winner and baselines" in p.stdout, p.stderr
+    assert p.returncode == 0 and "winner and recipes" in p.stdout, p.stderr
 
 
 def test_remote_damage_interleaves_with_pool_jobs_and_survives_its_worker(tmp_path):
@@ -233,11 +243,18 @@ def test_remote_damage_interleaves_with_pool_jobs_and_survives_its_worker(tmp_pa
 def test_baselines_choice_and_bad_input(capsys):
     from autoprune.search.baselines import baseline_policies
 
-    todo, skipped = baseline_policies(Policy.from_method("wanda", 0.5, "2:4"), ["uniform", "owl"])
-    assert list(todo) == ["dense", "uniform"] and todo["dense"] is None and "2:4" in skipped["owl"]
-    assert todo["uniform"] == Policy.from_method("wanda", 0.5, "2:4")
+    todo, skipped = baseline_policies(Policy.from_method("wanda", 0.5, "2:4"), ["sparsegpt", "sparsegpt+owl"])
+    assert list(todo) == ["dense", "sparsegpt"] and todo["dense"] is None and "2:4" in skipped["sparsegpt+owl"]
+    assert todo["sparsegpt"] == Policy.from_method("sparsegpt", 0.5, "2:4")
+    todo, _ = baseline_policies(Policy(sparsity=0.7), ["wanda+owl"], (0.05, 0.2))
+    assert list(todo) == ["dense", "wanda+owl@0.05", "wanda+owl@0.2"]
+    assert [p.owl_lambda for p in list(todo.values())[1:]] == [0.05, 0.2]
+    assert all(p.allocation == "owl" and p.sparsity == 0.7 for p in list(todo.values())[1:])
     assert baseline_policies(Policy(), []) == ({}, {})
-    _one_line_error(["search", *RL, "--baselines", "uniform,best"], capsys, "choose distinct names from")
+    _one_line_error(["search", *RL, "--baselines", "wanda,best"], capsys, "give distinct recipes")
+    _one_line_error(["search", *RL, "--owl-lambdas", "0.1,x"], capsys, "owl-lambdas")
+    _one_line_error(["search", *RL, "--updates", "none,obs"], capsys, "unknown update 'obs'")
+    _one_line_error(["search", *RL, "--select", "wikitext2", "--eval", "wikitext2"], capsys, "must be chosen on other")
 
 
 def _free_port() -> int:

@@ -73,12 +73,15 @@ def test_baselines_of_each_search_from_its_run(uri):
     from autoprune.search.baselines import report, tracking_metrics
     from autoprune.tracking import baselines
 
-    rows = report({"dense": None, "uniform": Policy(sparsity=0.5), "owl": Policy(sparsity=0.5, allocation="owl")}, {},
-                  {"dense": {"perplexity": 6.0}, "uniform": {"perplexity": 30.0}}, 24.0)
+    policies = {"dense": None, "wanda": Policy(sparsity=0.5),
+                "wanda+owl@0.1": Policy(sparsity=0.5, allocation="owl", owl_lambda=0.1)}
+    rows = report(["wanda", "wanda+owl"], policies, {}, {"wanda": {"perplexity": 31.0}},
+                  {"dense": {"perplexity": 6.0}, "wanda": {"perplexity": 30.0}}, 24.0)
     assert rows[1]["improvement"] == pytest.approx(0.2) and rows[2]["skipped"].startswith("did not fit")
+    assert rows[1]["select_perplexity"] == 31.0
     t = Tracker(uri, "autoprune/c")
     t.log_candidate(_entry(1, 1.0))
     t.finish({"best_eval_perplexity": 24.0, **tracking_metrics(rows)}, [])
     Tracker(uri, "autoprune/d").finish({"best_eval_perplexity": 20.0}, [])  # no baselines: not listed
-    assert baselines(uri) == [{"search": "c", "winner": 24.0, "baselines": {"dense": 6.0, "uniform": 30.0}}]
-    assert t.client.get_run(t.parent_run_id).data.metrics["improvement_vs_uniform"] == pytest.approx(0.2)
+    assert baselines(uri) == [{"search": "c", "winner": 24.0, "baselines": {"dense": 6.0, "wanda": 30.0}}]
+    assert t.client.get_run(t.parent_run_id).data.metrics["improvement_vs_wanda"] == pytest.approx(0.2)

@@ -47,12 +47,13 @@ def _baselines_table(searches: list[dict]):
     """Each search's validated winner beside its baselines (held-out perplexity)."""
     from rich.table import Table
 
-    from autoprune.pruning.policy import ALLOCATIONS
+    from autoprune.search.baselines import DEFAULT
 
-    rank = {n: i for i, n in enumerate(["dense", *ALLOCATIONS])}  # the dense model first, then as policy.py lists
+    # the dense model first, then the default recipes (tracked with "_" for "+")
+    rank = {n: i for i, n in enumerate(["dense", *DEFAULT.replace("+", "_").split(",")])}
     cols = sorted({name for s in searches for name in s["baselines"]}, key=lambda n: (rank.get(n, len(rank)), n))
-    table = Table(title="winner and baselines (eval ppl, full protocol)")
-    for col in ("search", "winner", *cols):
+    table = Table(title="winner and recipes (eval ppl, full protocol)")
+    for col in ("search", "winner", *(c.replace("_", "+") for c in cols)):
         table.add_column(col, justify="left" if col == "search" else "right")
     for s in searches:
         cells = [s["baselines"].get(n) for n in cols]

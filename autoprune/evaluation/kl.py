@@ -41,7 +41,7 @@ class DenseReference:
                     continue
                 v, i = logp.topk(top, dim=-1)
                 values.append(v)
-                ids.append(i)
+                ids.append(i.to(torch.int32))
                 tails.append(_log1mexp(torch.logsumexp(v, dim=-1)))
                 del logp
         self.logprobs = torch.cat(full) if full else None
@@ -60,7 +60,7 @@ class DenseReference:
         if self.logprobs is not None:
             return kl_sum(self.logprobs[start:stop], logits)
         logq = F.log_softmax(logits.float(), dim=-1)
-        ids = self.top_ids[start:stop].expand(*logq.shape[:-1], -1)
+        ids = self.top_ids[start:stop].long().expand(*logq.shape[:-1], -1)
         logq_top = logq.gather(-1, ids)
         logp_top, logp_tail = self.top_logprobs[start:stop], self.tail[start:stop]
         logq_tail = _log1mexp(torch.logsumexp(logq_top, dim=-1))

@@ -34,11 +34,13 @@ from autoprune.errors import UserError
 from autoprune.evaluation.kl import DEFAULT_TOP, DenseReference, kl_to_dense
 from autoprune.evaluation.perplexity import perplexity, window_nll
 from autoprune.evaluation.stacked import stacked_linears
-from autoprune.pruning.engine import CalibrationStats, LayerCache, apply_policy, blocks_linears, prune_sequential
-from autoprune.pruning.metrics import NAMED, SOLVER_METRICS, resolve_metric
+from autoprune.pruning.engine import (CalibrationStats, LayerCache, apply_policy, blocks_linears, collect_gradients,
+                                     collect_stats, prune_sequential)
+from autoprune.pruning.metrics import NAMED, SOLVER_METRICS, needs_gradients, resolve_metric
 from autoprune.pruning.policy import Policy
 
 OBJECTIVES = ("kl", "ppl")
+GRADIENT_TOKENS = 8192  # calibration tokens the gradient statistic G is averaged over (a backward pass per window)
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,29 @@ class ProxyEvaluator:
         sums = [(lin.weight.data != 0).to(torch.float64) @ self._hash_keys[n] for n, lin in self.linears.items()]
         return hashlib.blake2b(torch.cat(sums).cpu().numpy().tobytes(), digest_size=16).hexdigest()  # one sync
 
+    def require(self, policy: Policy) -> None:
+        """Collect, on first need, the statistics ``policy`` reads beyond X: the gradient statistic G
+        (on the first ``GRADIENT_TOKENS`` calibration tokens, one backward pass per window) for
+        metrics that read it, the layers' Hessians for a weight update. A worker starts scoring
+        candidates without them, and a search that never needs them never pays for them."""
+        if self.calib_windows is None:
+            return
+        if self.stats.grads is None and needs_gradients(policy.metric):
+            n = max(1, min(len(self.calib_windows), GRADIENT_TOKENS // self.calib_windows.shape[1]))
+            self.restore()
+            self.stats.grads = collect_gradients(self.model, self.calib_windows[:n], self.batch_size, progress=False)
+        if policy.update != "none" and any(st.H is None for st in self.stats.layers.values()):
+            self.restore()
+            fresh = collect_stats(self.model, self.calib_windows, hessian=True, batch_size=self.batch_size,
+                                  progress=False)
+            for name, st in self.stats.layers.items():
+                st.H = fresh.layers[name].H
+
     def check_scores(self, metric: str) -> str | None:
         """Why an expression metric is unusable on the probe layer (None when it is fine)."""
         if metric in NAMED or metric in SOLVER_METRICS:
             return None
+        self.require(Policy(metric=metric))
         W = self._dense[self.probe]
         G = self.stats.grads[self.probe] if self.stats.grads else None
         s = resolve_metric(metric)(W.float(), self.stats.layers[self.probe].X.to(W.device), G)
@@ -140,6 +161,7 @@ class ProxyEvaluator:
         """Prune the model for ``policy`` (the caller restores it): (the result when the candidate
         is settled already, by unusable scores or masks scored before; cache key; mask digest;
         sparsity)."""
+        self.require(policy)
         bad = self.check_scores(policy.metric)
         if bad is not None:
             return ProxyResult(math.inf, float("nan"), time.perf_counter() - t0, 0, bad), None, None, math.nan

@@ -53,7 +53,9 @@ class LevelDatabase:
     def __init__(self, evaluator: ProxyEvaluator, policy: Policy, levels: Sequence[float],
                  directory: Path | None = None, progress: bool = True):
         if any(st.H is None for st in evaluator.stats.layers.values()) and policy.update != "none":
-            raise UserError("a weight-update level database needs statistics collected with hessian=True")
+            raise UserError("a weight-update level database needs the layers' Hessians (statistics collected "
+                            "with hessian=True, or the evaluator's calibration windows)")
+        evaluator.require(policy)
         self.levels = sorted({float(x) for x in levels} | {0.0})
         self.directory = Path(directory) if directory is not None else None
         self._memory: dict[str, Tensor] = {}
@@ -108,6 +110,7 @@ class RatioProxy:
             ladder = levels if levels is not None else [i / 20 for i in range(20)]
             self.levels = LevelDatabase(evaluator, policy, ladder, level_dir, progress)
         else:
+            evaluator.require(policy)
             metric, st, grads = resolve_metric(policy.metric), evaluator.stats, evaluator.stats.grads
             for name, lin in evaluator.linears.items():
                 G = grads[name].float() if grads else None

@@ -131,13 +131,11 @@ class SearchResult:
 
 def worker_spec(cfg: SearchConfig) -> WorkerSpec:
     """What each of the search's workers loads."""
-    searched_updates = "evo" in cfg.strategy_names and any(u != "none" for u in cfg.update_names)
     return WorkerSpec(model=cfg.model, calib=cfg.calib, calib_windows=cfg.calib_windows,
                       proxy_windows=cfg.proxy_windows, eval=cfg.eval, eval_windows=cfg.eval_windows,
-                      select=cfg.select, select_windows=cfg.select_windows, hessian=searched_updates,
-                      reference_top=cfg.reference_top,
+                      select=cfg.select, select_windows=cfg.select_windows, reference_top=cfg.reference_top,
                       seqlen=cfg.seqlen, batch_size=cfg.batch_size, proxy_batch=cfg.proxy_batch,
-                      objective=cfg.objective, gradients="gp" in cfg.strategy_names, seed=cfg.seed,
+                      objective=cfg.objective, gradients=False, seed=cfg.seed,
                       device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)))
 
 

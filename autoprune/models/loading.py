@@ -172,7 +172,7 @@ def _gguf_folder(path: Path) -> Path:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             h.update(chunk)
-    out = cache_dir() / "gguf" / f"{path.stem}-{h.hexdigest()[:16]}"
+    out = cache_dir() / "gguf" / h.hexdigest()[:16]  # by content: one conversion, whatever the file is called
     if not (out / "config.json").is_file():
         model, tokenizer = _read_gguf(path)
         tmp = out.with_name(out.name + ".partial")

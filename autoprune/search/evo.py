@@ -81,6 +81,11 @@ class EvoStrategy(Strategy):
         self.sizes = [context.block_sizes[b][n] for b, n in self.names]
         self.quantum = max(1, round(self.config.step * min(self.sizes)))
         self.rng = random.Random(context.seed)
+        # selection rungs at or past the proxy's batches collapse onto the full fidelity
+        rungs = [None if f is None or f >= context.max_batches else f for f in self.config.fidelities]
+        keep = [i for i in range(len(rungs)) if i == 0 or rungs[i] != rungs[i - 1]]
+        self.fidelities = tuple(rungs[i] for i in keep)
+        self.survivors = tuple(self.config.survivors[i - 1] for i in keep[1:])
         self.arms = arms(self.base, context.updates or ("none",))
         self.arm_losses: dict[str, float] = {}  # "metric|update" -> full-fidelity loss
         self.arm: tuple[str, str] | None = None
@@ -169,14 +174,14 @@ class EvoStrategy(Strategy):
             self.generation += 1
             for _ in range(cfg.offspring):
                 child = self._mutate(self.parent[0])
-                self._push(self._policy(child), child, cfg.fidelities[0])
+                self._push(self._policy(child), child, self.fidelities[0])
             self._rung = 1
             return
         ranked = sorted(self._scored, key=lambda s: s[1])
         self._scored = []
-        if self._rung <= len(cfg.survivors):
-            for counts, _ in ranked[:cfg.survivors[self._rung - 1]]:
-                self._push(self._policy(counts), counts, cfg.fidelities[self._rung])
+        if self._rung <= len(self.survivors):
+            for counts, _ in ranked[:self.survivors[self._rung - 1]]:
+                self._push(self._policy(counts), counts, self.fidelities[self._rung])
             self._rung += 1
             if self._queue:
                 return
@@ -185,7 +190,7 @@ class EvoStrategy(Strategy):
 
     def _finish_rung(self) -> None:
         """The last rung (full fidelity) is in: its best replaces the parent if better."""
-        if self._stage == "evolve" and self._rung == len(self.config.survivors) + 1:
+        if self._stage == "evolve" and self._rung == len(self.survivors) + 1:
             for counts, loss in self._scored:
                 if loss < self.parent[1]:
                     self.parent = (counts, loss)

@@ -45,8 +45,9 @@ class WorkerSpec:
     batch_size: int = 8
     proxy_batch: int = 2  # windows per proxy batch: the unit of proxy fidelity (Candidate.batches)
     objective: str = "kl"
-    gradients: bool = True  # G for metric expressions that use it
-    hessian: bool = False  # per-layer Hessians, for one-shot candidates with a weight update
+    # G and the Hessians at start-up; else the evaluator collects them when a candidate first needs them
+    gradients: bool = True
+    hessian: bool = False
     reference_top: int | None = 256  # dense tokens kept per position for the KL (None: all)
     seed: int = 0
     device: str = "auto"
@@ -207,6 +208,7 @@ class ProxyWorker:
 
         from autoprune.evaluation import perplexity
         from autoprune.pruning.engine import blocks_linears, model_sparsity, prune_sequential
+        from autoprune.pruning.metrics import needs_gradients
         from autoprune.pruning.policy import Policy
 
         t0 = time.perf_counter()
@@ -221,8 +223,12 @@ class ProxyWorker:
             for n, lin in linears.items():
                 lin.weight.data.copy_(held["weights"][n])
         elif policy is not None:
-            ratios = prune_sequential(model, Policy.from_dict(policy), self.calib, self.spec.batch_size,
-                                      progress=False).block_ratios
+            p, grads = Policy.from_dict(policy), None
+            if needs_gradients(p.metric):  # the dense G this worker holds (or collects once), not a new one
+                self.evaluator.require(Policy(metric=p.metric))
+                grads = self.evaluator.stats.grads
+            ratios = prune_sequential(model, p, self.calib, self.spec.batch_size, progress=False,
+                                      grads=grads).block_ratios
             if len(self._pruned) >= PRUNED_KEPT:
                 del self._pruned[next(iter(self._pruned))]
             self._pruned[key] = {"ratios": ratios, "weights": {n: lin.weight.data.clone() for n, lin in linears.items()}}
