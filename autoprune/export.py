@@ -134,12 +134,18 @@ def to_python(e: Expr, name: str = "metric") -> str:
 
     out = emit(e)
     uses_g = "G" in e.terminals
+    uses_h = bool(e.terminals & {"Hd", "Hi"})
     guard = '    if G is None:\n        raise ValueError("this metric needs the gradient statistic G")\n' if uses_g else ""
+    guard += ('    if Hd is None or Hi is None:\n        raise ValueError("this metric needs diag(H) and diag(chol(H^-1))")\n'
+              if uses_h else "")
     g_line = "    G = G.float().to(W.device)\n" if uses_g else ""
+    g_line += ("    Hd = Hd.float().to(W.device).view(1, -1)\n    Hi = Hi.float().to(W.device).view(1, -1)\n"
+               if uses_h else "")
     return (f'"""Pruning metric exported by autoprune: {e}\n\nscore = f(W, X, G); compare scores within each '
             f'output row (or N:M group) and keep the highest.\n"""\n\n{_PY_PRELUDE}\n\n'
-            f'def {name}(W, X, G=None):\n'
-            f'    """W (out, in) weight, X (in,) activation norm per input channel, G (out, in) RMS gradient."""\n'
+            f'def {name}(W, X, G=None, Hd=None, Hi=None):\n'
+            f'    """W (out, in) weight, X (in,) activation norm per input channel, G (out, in) RMS gradient,\n'
+            f'    Hd (in,) diagonal of the Hessian 2/n XX^T, Hi (in,) diagonal of the upper Cholesky factor of its inverse."""\n'
             f'{guard}    W = W.float()\n    X = X.float().to(W.device).view(1, -1)\n{g_line}'
             + "\n".join(lines) + ("\n" if lines else "") + f"    return {out}.expand(W.shape)\n")
 

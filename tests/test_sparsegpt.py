@@ -94,3 +94,24 @@ def test_dead_inputs_are_zeroed():
     out = sparsegpt(W, H, 0.5)
     assert torch.all(out[:, 3] == 0)
     assert torch.isfinite(out).all()
+
+
+def test_hessian_terminals_make_sparsegpts_saliency_a_metric():
+    """Hi is [H_F^-1]_00 ** 0.5 for F the columns from j on (the textbook OBS quantity SparseGPT
+    reads off its Cholesky factor), so the expression obs = W^2 / Hi^2 is SparseGPT's saliency."""
+    from autoprune.pruning.metrics import needs_hessian, resolve_metric
+    from autoprune.pruning.stats import LayerStats
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 12, generator=g) * torch.linspace(0.5, 2.0, 12)
+    W = torch.randn(6, 12, generator=g)
+    st = LayerStats(sq_sum=(X ** 2).sum(0), tokens=200, H=2 / 200 * X.T @ X)
+    Hd, Hi = st.hessian_channels()
+    H = _damped(st.H.double(), 0.01)
+    d2 = torch.stack([torch.linalg.inv(H[i:, i:])[0, 0] for i in range(12)])
+    assert torch.allclose(Hi.double() ** 2, d2, rtol=1e-4) and torch.allclose(Hd.double(), H.diagonal(), rtol=1e-5)
+    scores = resolve_metric("obs")(W, st.X, None, st.hessian_channels())
+    assert needs_hessian("obs") and not needs_hessian("wanda")
+    assert torch.allclose(scores.double(), W.double() ** 2 / d2, rtol=1e-3)
+    with pytest.raises(Exception, match="Hessian"):
+        resolve_metric("obs")(W, st.X, None)

@@ -35,12 +35,11 @@ from autoprune.evaluation.kl import DEFAULT_TOP, DenseReference, kl_to_dense
 from autoprune.evaluation.perplexity import perplexity, window_nll
 from autoprune.evaluation.stacked import stacked_linears
 from autoprune.pruning.engine import (CalibrationStats, LayerCache, apply_policy, blocks_linears, collect_gradients,
-                                     collect_stats, prune_sequential)
-from autoprune.pruning.metrics import NAMED, SOLVER_METRICS, needs_gradients, resolve_metric
+                                     collect_stats, gradient_windows, prune_sequential)
+from autoprune.pruning.metrics import NAMED, SOLVER_METRICS, needs_gradients, needs_hessian, resolve_metric
 from autoprune.pruning.policy import Policy
 
 OBJECTIVES = ("kl", "ppl")
-GRADIENT_TOKENS = 8192  # calibration tokens the gradient statistic G is averaged over (a backward pass per window)
 
 
 @dataclass(frozen=True)
@@ -126,21 +125,21 @@ class ProxyEvaluator:
 
     def require(self, policy: Policy) -> None:
         """Collect, on first need, the statistics ``policy`` reads beyond X: the gradient statistic G
-        (on the first ``GRADIENT_TOKENS`` calibration tokens, one backward pass per window) for
-        metrics that read it, the layers' Hessians for a weight update. A worker starts scoring
+        (``engine.gradient_windows``) for metrics that read it, the layers' Hessians for a weight update. A worker starts scoring
         candidates without them, and a search that never needs them never pays for them."""
         if self.calib_windows is None:
             return
         if self.stats.grads is None and needs_gradients(policy.metric):
-            n = max(1, min(len(self.calib_windows), GRADIENT_TOKENS // self.calib_windows.shape[1]))
             self.restore()
-            self.stats.grads = collect_gradients(self.model, self.calib_windows[:n], self.batch_size, progress=False)
-        if policy.update != "none" and any(st.H is None for st in self.stats.layers.values()):
+            self.stats.grads = collect_gradients(self.model, gradient_windows(self.calib_windows), self.batch_size,
+                                                 progress=False)
+        hessian = policy.update != "none" or needs_hessian(policy.metric)
+        if hessian and any(st.H is None for st in self.stats.layers.values()):
             self.restore()
             fresh = collect_stats(self.model, self.calib_windows, hessian=True, batch_size=self.batch_size,
                                   progress=False)
             for name, st in self.stats.layers.items():
-                st.H = fresh.layers[name].H
+                st.H, st._channels = fresh.layers[name].H, None
 
     def check_scores(self, metric: str) -> str | None:
         """Why an expression metric is unusable on the probe layer (None when it is fine)."""
@@ -149,7 +148,8 @@ class ProxyEvaluator:
         self.require(Policy(metric=metric))
         W = self._dense[self.probe]
         G = self.stats.grads[self.probe] if self.stats.grads else None
-        s = resolve_metric(metric)(W.float(), self.stats.layers[self.probe].X.to(W.device), G)
+        st = self.stats.layers[self.probe]
+        s = resolve_metric(metric)(W.float(), st.X.to(W.device), G, st.hessian_channels())
         if not torch.isfinite(s).all():
             return "non-finite scores"
         if (s.amax(dim=1) == s.amin(dim=1)).all():

@@ -114,7 +114,9 @@ class RatioProxy:
             metric, st, grads = resolve_metric(policy.metric), evaluator.stats, evaluator.stats.grads
             for name, lin in evaluator.linears.items():
                 G = grads[name].float() if grads else None
-                self.ranks[name] = row_ranks(metric(lin.weight.data.float(), st.layers[name].X.to(lin.weight.device), G))
+                layer = st.layers[name]
+                self.ranks[name] = row_ranks(metric(lin.weight.data.float(), layer.X.to(lin.weight.device), G,
+                                                    layer.hessian_channels()))
 
     def matches(self, policy: Policy) -> bool:
         """True when ``policy`` differs from this proxy's only in its allocation."""

@@ -135,7 +135,7 @@ def worker_spec(cfg: SearchConfig) -> WorkerSpec:
                       proxy_windows=cfg.proxy_windows, eval=cfg.eval, eval_windows=cfg.eval_windows,
                       select=cfg.select, select_windows=cfg.select_windows, reference_top=cfg.reference_top,
                       seqlen=cfg.seqlen, batch_size=cfg.batch_size, proxy_batch=cfg.proxy_batch,
-                      objective=cfg.objective, gradients=False, seed=cfg.seed,
+                      objective=cfg.objective, gradients="gp" in cfg.strategy_names, seed=cfg.seed,
                       device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)))
 
 

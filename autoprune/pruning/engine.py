@@ -17,7 +17,7 @@ from autoprune.errors import UserError
 from autoprune.models.layers import decoder_blocks, prunable_linears
 from autoprune.pruning.allocation import block_ratios, layer_ratios
 from autoprune.pruning.masks import make_mask
-from autoprune.pruning.metrics import needs_gradients, resolve_metric
+from autoprune.pruning.metrics import needs_gradients, needs_hessian, resolve_metric
 from autoprune.pruning.policy import Policy
 from autoprune.pruning.admm import admm_update
 from autoprune.pruning.sparsegpt import sparsegpt_with_mask
@@ -81,17 +81,25 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+GRADIENT_TOKENS = 8192  # calibration tokens the gradient statistic G is averaged over (a backward pass per window)
+
+
 def collect_stats(model: nn.Module, windows: Tensor, hessian: bool = False, gradients: bool = False,
                   batch_size: int = 8, progress: bool = True) -> CalibrationStats:
-    """One-shot statistics of the dense model on ``windows`` (n, seqlen)."""
+    """One-shot statistics of the dense model on ``windows`` (n, seqlen); G on the first
+    ``GRADIENT_TOKENS`` of them."""
     t0 = time.perf_counter()
     linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
     dev = _device(model)
     with torch.no_grad(), StatsCollector(linears, hessian=hessian) as col:
         for batch in tqdm(windows.split(batch_size), desc="statistics", disable=not progress, leave=False):
             model(batch.to(dev), use_cache=False)
-    grads = collect_gradients(model, windows, batch_size, progress) if gradients else None
+    grads = collect_gradients(model, gradient_windows(windows), batch_size, progress) if gradients else None
     return CalibrationStats(col.stats, grads, len(windows), time.perf_counter() - t0)
+
+
+def gradient_windows(windows: Tensor) -> Tensor:
+    return windows[:max(1, min(len(windows), GRADIENT_TOKENS // windows.shape[1]))]
 
 
 def collect_gradients(model: nn.Module, windows: Tensor, batch_size: int = 8, progress: bool = True) -> dict[str, Tensor]:
@@ -128,9 +136,10 @@ def _check_nm(shape: torch.Size, policy: Policy) -> None:
                         f"a layer has {shape[-1]} inputs")
 
 
-def _mask(W: Tensor, ratio: float, policy: Policy, X: Tensor, G: Tensor | None) -> Tensor:
+def _mask(W: Tensor, ratio: float, policy: Policy, X: Tensor, G: Tensor | None, H: Tensor | None = None) -> Tensor:
     """The keep-mask of one layer (out, in) or of a stack of same-shaped layers (L, out, in)."""
-    scores = resolve_metric(policy.metric)(W.float(), X.to(W.device), None if G is None else G.to(W.device).float())
+    scores = resolve_metric(policy.metric)(W.float(), X.to(W.device), None if G is None else G.to(W.device).float(),
+                                           None if H is None else H.to(W.device))
     return make_mask(scores, ratio, policy.nm)
 
 
@@ -140,7 +149,7 @@ def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G
         return
     W = lin.weight.data
     _check_nm(W.shape, policy)
-    mask = None if policy.metric == "sparsegpt" else _mask(W, ratio, policy, st.X, G)
+    mask = None if policy.metric == "sparsegpt" else _mask(W, ratio, policy, st.X, G, st.hessian_channels())
     if policy.update == "none":
         W.mul_(mask)
         return
@@ -151,14 +160,17 @@ def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G
     W.copy_(reconstructed.to(W.dtype))
 
 
-def prune_stack(lins: list[nn.Linear], ratio: float, policy: Policy, X: list[Tensor], G: list[Tensor] | None) -> None:
+def prune_stack(lins: list[nn.Linear], ratio: float, policy: Policy, X: list[Tensor], G: list[Tensor] | None,
+                H: list[Tensor] | None = None) -> None:
     """Prune same-shaped layers in place to one ``ratio`` (no weight update), scored as one stack:
     one metric call and one top-k for all of them, each layer getting the mask it would alone."""
     if ratio <= 0:
         return
     W = torch.stack([lin.weight.data for lin in lins])
     _check_nm(W.shape, policy)
-    for lin, mask in zip(lins, _mask(W, ratio, policy, torch.stack(X), None if G is None else torch.stack(G))):
+    stacked = _mask(W, ratio, policy, torch.stack(X), None if G is None else torch.stack(G),
+                    None if H is None else torch.stack(H))
+    for lin, mask in zip(lins, stacked):
         lin.weight.data.mul_(mask)
 
 
@@ -224,12 +236,14 @@ def apply_policy(model: nn.Module, policy: Policy, stats: CalibrationStats,
         w = lin.weight
         stacks.setdefault((tuple(w.shape), w.dtype, w.device, per_layer[name]), []).append(name)
     use_g = bool(grads) and needs_gradients(policy.metric)  # G is stacked only for metrics that read it
+    use_h = needs_hessian(policy.metric)
     for (shape, *_, ratio), names in stacks.items():
         step = max(1, STACK_ELEMENTS // math.prod(shape))
         for i in range(0, len(names), step):
             chunk = names[i:i + step]
             prune_stack([linears[n] for n in chunk], ratio, policy, [stats.layers[n].X for n in chunk],
-                        [grads[n] for n in chunk] if use_g else None)
+                        [grads[n] for n in chunk] if use_g else None,
+                        [stats.layers[n].hessian_channels() for n in chunk] if use_h else None)
     return _finish(bls, ratios, t0)
 
 
@@ -284,14 +298,14 @@ def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_si
     if not needs_gradients(policy.metric):
         grads = None
     elif grads is None:
-        grads = collect_gradients(model, windows, batch_size, progress)
+        grads = collect_gradients(model, gradient_windows(windows), batch_size, progress)
     X = None
     if policy.allocation == "owl":
         X = collect_stats(model, windows, batch_size=batch_size, progress=progress).X
     ratios = block_ratios(policy, bls, X)
     per_layer = layer_ratios(policy, bls, ratios)
     inputs = capture_block_inputs(model, blocks[0], windows, batch_size)
-    hessian = policy.update != "none"
+    hessian = policy.update != "none" or needs_hessian(policy.metric)
     for i in tqdm(range(len(blocks)), desc="pruning blocks", disable=not progress, leave=False):
         with StatsCollector(bls[i], hessian=hessian) as col:
             _run_block(blocks[i], [list(x) for x in inputs])  # statistics only; outputs discarded

@@ -1,10 +1,13 @@
-"""Symbolic pruning metrics: expression trees over W, X, G, their canonical string, a whitelist
-parser back from it, and compilation to protected tensor operations.
+"""Symbolic pruning metrics: expression trees over W, X, G, Hd, Hi, their canonical string, a
+whitelist parser back from it, and compilation to protected tensor operations.
 
 Notation (one linear layer, y = W x), as in ``autoprune.pruning.metrics``:
     W  (out, in)  weight
     X  (in,)      per input channel activation norm, broadcast along rows as (1, in)
     G  (out, in)  root-mean-square gradient of the LM loss w.r.t. W
+    Hd (in,)      diagonal of the layer's Hessian H = 2/n X X^T (damped 1%, as SparseGPT)
+    Hi (in,)      diagonal of the upper Cholesky factor of H^-1, SparseGPT's [H^-1]_jj: the OBS
+                  saliency SparseGPT prunes by is div(sqr(W), sqr(Hi))
 A score is f(W, X, G), broadcast to (out, in); a higher score keeps the weight.
 
 Canonical form: prefix calls with no spaces inside names, ``mul(abs(W), X)``; constants in
@@ -28,7 +31,8 @@ from autoprune.errors import UserError
 
 EPS = 1e-8
 BIG = 1e30
-TERMINALS = ("W", "X", "G")
+TERMINALS = ("W", "X", "G", "Hd", "Hi")
+HESSIAN_TERMINALS = ("Hd", "Hi")
 UNARY = ("abs", "neg", "sqr", "sqrt", "log", "exp", "tanh", "sigmoid", "mms", "zscore", "rowsum", "colsum")
 BINARY = ("add", "sub", "mul", "div")
 ARITY = {**{u: 1 for u in UNARY}, **{b: 2 for b in BINARY}}
@@ -39,6 +43,7 @@ NAMED_FORMS = {
     "wanda": "mul(abs(W), X)",
     "ria": "mul(add(div(abs(W), rowsum(abs(W))), div(abs(W), colsum(abs(W)))), sqrt(X))",
     "pruner-zero": "mul(sqr(W), mms(G))",
+    "obs": "div(sqr(W), sqr(Hi))",  # SparseGPT's saliency, as a score
 }
 MAX_DEPTH = 32
 
@@ -203,19 +208,26 @@ def apply_op(op: str, args: list[Tensor], shape: tuple[int, ...]) -> Tensor:
     return _safe(r)
 
 
-Compiled = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+Compiled = Callable[..., Tensor]
 
 
 def compile_expr(expr: Expr) -> Compiled:
-    """A function (W, X, G) -> scores (out, in), float32, finite, on W's device; or, stacked,
-    (W (L, out, in), X (L, in), G (L, out, in)) -> (L, out, in), layer by layer."""
+    """A function (W, X, G, H) -> scores (out, in), float32, finite, on W's device; or, stacked,
+    (W (L, out, in), X (L, in), G (L, out, in), H (L, 2, in)) -> (L, out, in), layer by layer.
+    H stacks the channel vectors Hd and Hi (``LayerStats.hessian_channels``)."""
     uses_g = "G" in expr.terminals
+    uses_h = bool(expr.terminals & set(HESSIAN_TERMINALS))
 
-    def score(W: Tensor, X: Tensor, G: Tensor | None) -> Tensor:
+    def score(W: Tensor, X: Tensor, G: Tensor | None, H: Tensor | None = None) -> Tensor:
         if uses_g and G is None:
             raise UserError(f"metric {expr} uses G, but no gradient statistics were collected")
+        if uses_h and H is None:
+            raise UserError(f"metric {expr} uses the Hessian's diagonals, but no Hessians were collected")
         W = W.float()
         env = {"W": W, "X": X.float().to(W.device).unsqueeze(-2), "G": None if G is None else G.float().to(W.device)}
+        if uses_h:
+            H = H.float().to(W.device)
+            env["Hd"], env["Hi"] = H[..., 0, :].unsqueeze(-2), H[..., 1, :].unsqueeze(-2)
         shape = tuple(W.shape)
 
         def ev(e: Expr) -> Tensor:

@@ -23,16 +23,16 @@ from autoprune.errors import UserError
 Metric = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
-def magnitude(W: Tensor, X: Tensor, G: Tensor | None) -> Tensor:
+def magnitude(W: Tensor, X: Tensor, G: Tensor | None, H: Tensor | None = None) -> Tensor:
     return W.abs()
 
 
-def wanda(W: Tensor, X: Tensor, G: Tensor | None) -> Tensor:
+def wanda(W: Tensor, X: Tensor, G: Tensor | None, H: Tensor | None = None) -> Tensor:
     """Wanda (Sun et al. 2023): |W_ij| * ||X_j||."""
     return W.abs() * X.unsqueeze(-2)
 
 
-def ria(W: Tensor, X: Tensor, G: Tensor | None, a: float = 0.5) -> Tensor:
+def ria(W: Tensor, X: Tensor, G: Tensor | None, H: Tensor | None = None, a: float = 0.5) -> Tensor:
     """RIA (Zhang et al. 2024): (|W|/row sum + |W|/column sum) * ||X_j||^a, a = 0.5."""
     A = W.abs()
     relative = A / A.sum(dim=-1, keepdim=True).clamp_min(1e-12) + A / A.sum(dim=-2, keepdim=True).clamp_min(1e-12)
@@ -45,7 +45,7 @@ SOLVER_METRICS = ("sparsegpt",)
 
 
 # named metrics written as expressions (autoprune.pruning.expression); Pruner-Zero's discovered metric
-NAMED_EXPRESSIONS = {"pruner-zero": "mul(sqr(W), mms(G))"}
+NAMED_EXPRESSIONS = {"pruner-zero": "mul(sqr(W), mms(G))", "obs": "div(sqr(W), sqr(Hi))"}
 
 
 @lru_cache(maxsize=1024)
@@ -53,7 +53,7 @@ def _expression(spec: str):
     from autoprune.pruning.expression import parse
 
     spec = NAMED_EXPRESSIONS.get(spec, spec)
-    if spec.isidentifier() and spec not in ("W", "X", "G"):
+    if spec.isidentifier() and spec not in ("W", "X", "G", "Hd", "Hi"):
         names = ", ".join([*NAMED, *NAMED_EXPRESSIONS])
         raise UserError(f"unknown metric {spec!r} (choose {names}, or an expression such as mul(abs(W), X))")
     return parse(spec)
@@ -71,3 +71,11 @@ def resolve_metric(spec: str) -> Metric:
 def needs_gradients(spec: str) -> bool:
     """True when the metric reads the gradient statistic G."""
     return spec not in NAMED and spec not in SOLVER_METRICS and "G" in _expression(spec).terminals
+
+
+def needs_hessian(spec: str) -> bool:
+    """True when the metric reads the Hessian's diagonals (Hd, Hi)."""
+    from autoprune.pruning.expression import HESSIAN_TERMINALS
+
+    return (spec not in NAMED and spec not in SOLVER_METRICS
+            and bool(_expression(spec).terminals & set(HESSIAN_TERMINALS)))

@@ -9,7 +9,7 @@ Per linear layer with inputs x (tokens, in):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,7 @@ class LayerStats:
     sq_sum: Tensor  # (in,) float32, sum of x_j^2 over tokens
     tokens: int = 0
     H: Tensor | None = None  # (in, in) float32, 2/n X X^T
+    _channels: Tensor | None = field(default=None, repr=False, compare=False)  # hessian_channels(), cached
 
     @property
     def X(self) -> Tensor:
@@ -28,6 +29,7 @@ class LayerStats:
     def add(self, x: Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
         n = x.shape[0]
+        self._channels = None
         if self.H is not None:
             # running mean of 2 x x^T, as SparseGPT accumulates it
             self.H.mul_(self.tokens / (self.tokens + n))
@@ -35,6 +37,22 @@ class LayerStats:
             self.H.addmm_(xs.t(), xs)
         self.sq_sum += (x * x).sum(dim=0)
         self.tokens += n
+
+    def hessian_channels(self) -> Tensor | None:
+        """(2, in): the diagonal of H and the diagonal of the upper Cholesky factor of H^-1, both
+        damped as SparseGPT damps (the metric terminals Hd and Hi); None without H. Cached."""
+        if self.H is None:
+            return None
+        if self._channels is None:
+            from autoprune.pruning.sparsegpt import prepare_hinv
+
+            H = self.H.float()
+            U = prepare_hinv(H, torch.zeros(1, H.shape[0], device=H.device))
+            d = H.diagonal().clone()
+            d[d == 0] = 1
+            d += 0.01 * d.mean()
+            self._channels = torch.stack([d, U.diagonal()])
+        return self._channels
 
     def to(self, device: torch.device | str) -> "LayerStats":
         return LayerStats(self.sq_sum.to(device), self.tokens, None if self.H is None else self.H.to(device))

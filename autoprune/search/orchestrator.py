@@ -268,7 +268,9 @@ class Orchestrator:
         for oracle in self.oracles:  # an RL agent still stepping leaves the workers alone
             oracle.close()
         self.oracles.clear()
-        grace = max(1.0, 0.01 * self.budget.total)
+        # a job still running at the deadline is waited for as long as a replacement worker would take
+        # to start (killing it never gets the next phase going sooner), within the budget
+        grace = min(max(1.0, 0.01 * self.budget.total, self.pool.start_seconds), max(1.0, self.budget.left / 4))
         while inflight and time.monotonic() < deadline + grace:
             for key, res in self.pool.wait(0.2):
                 self._finish_job(phase, strategies, inflight, key, res)

@@ -344,9 +344,11 @@ class WorkerPool:
         self.replaced = 0
         self.retried = 0
         self.size = n
+        t0 = time.monotonic()
         self.actors = [self._cls.remote(asdict(spec)) for _ in range(n)]
         self.idle = list(self.actors)
         infos = ray.get([a.ready.remote() for a in self.actors])
+        self.start_seconds = time.monotonic() - t0  # what replacing a worker costs
         errors = [i["error"] for i in infos if i["error"]]
         if errors:
             raise UserError(errors[0])
