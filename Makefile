@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	# a 3-minute search (GP over metrics, then BO over layer ratios), then the leaderboard
+	# a 3-minute search (GP over metrics, then evolution over per-projection ratios and the weight
+	# update, then the winner chosen against the recipes on the selection split), then the leaderboard
 	$(VENV)/bin/autoprune search --model stories260K --budget 3m --sparsity 0.5 \
-		--strategies gp,bo --out runs/demo-search-$$(date +%Y%m%d-%H%M%S)
+		--out runs/demo-search-$$(date +%Y%m%d-%H%M%S)
 	$(VENV)/bin/autoprune leaderboard --top 5
 
 test: setup

@@ -30,7 +30,7 @@ _KEYS = {"algorithm", "unit", "episodes", "bounds", "span", "step_weight", "fina
 class RLConfig:
     algorithm: str = "ppo"
     unit: str = "block"  # block | linear: what one step allocates
-    episodes: int = 100
+    episodes: int | None = 100  # None: until the allocation phase's deadline
     bounds: tuple[float, float] = (0.0, 0.95)
     span: float = 0.3  # how far one action may move a unit from the average ratio still needed
     step_weight: float = 10.0
@@ -48,8 +48,8 @@ class RLConfig:
         if d.get("algorithm", "ppo") not in ALGORITHMS:
             raise UserError(f"RL space: unknown algorithm {d.get('algorithm')!r} (choose {', '.join(ALGORITHMS)})")
         episodes = d.get("episodes", 100)
-        if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1:
-            raise UserError("RL space: episodes must be a positive integer")
+        if episodes is not None and (not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1):
+            raise UserError("RL space: episodes must be a positive integer (or null)")
         bounds = d.get("bounds", [0.0, 0.95])
         if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and 0 <= bounds[0] <= bounds[1] < 1):
             raise UserError("RL space: bounds must be [low, high] within [0, 1)")
@@ -61,6 +61,11 @@ class RLConfig:
         return cls(d.get("algorithm", "ppo"), d.get("unit", "block"), episodes, (float(bounds[0]), float(bounds[1])),
                    float(d.get("span", 0.3)), float(d.get("step_weight", 10.0)), float(d.get("final_weight", 1.0)),
                    float(d.get("loss_cap", 20.0)), dict(d.get("agent", {})))
+
+    @property
+    def limit(self) -> int:
+        """Episodes to run: ``episodes``, or without a cap as many as the phase's time allows."""
+        return self.episodes if self.episodes is not None else 10**9
 
 
 class _BudgetSpent(Exception):
@@ -110,7 +115,7 @@ class RLStrategy(Strategy):
         self.config = cfg = RLConfig.from_dict(space)
         units = make_units(context.block_sizes, cfg.unit)
         self._asked = self._told = 0
-        guard = _Guard(damage, lambda: self._asked >= cfg.episodes) if damage is not None else None
+        guard = _Guard(damage, lambda: self._asked >= cfg.limit) if damage is not None else None
         self.env = AllocationEnv(context.base_policy, context.block_sizes, units, self._final_loss, guard,
                                  cfg.bounds, cfg.step_weight, cfg.final_weight, cfg.span)
         self.agent = make_agent(cfg.algorithm, self.env, context.seed, len(units), cfg.agent)
@@ -123,7 +128,7 @@ class RLStrategy(Strategy):
 
     def _final_loss(self, policy: Policy) -> float:
         """Runs in the learner thread: hand the finished allocation out and wait for its loss."""
-        if self._asked >= self.config.episodes:
+        if self._asked >= self.config.limit:
             raise _BudgetSpent
         self._asked += 1
         self._out.put(Candidate(policy, None, {"episode": self._asked, "damages": list(self.env.damages)}))
@@ -131,7 +136,7 @@ class RLStrategy(Strategy):
         return min(result.loss, self.config.loss_cap) if result.ok else self.config.loss_cap
 
     def _learn(self) -> None:
-        steps = 10 * self.config.episodes * len(self.env.units)  # the episode budget stops it first
+        steps = 10 * self.config.limit * len(self.env.units)  # the episode budget stops it first
         try:
             self.agent.learn(total_timesteps=steps)
         except _BudgetSpent:
@@ -142,7 +147,7 @@ class RLStrategy(Strategy):
             self._out.put(None)
 
     def ask(self, n: int) -> list[Candidate]:
-        if self._told >= self.config.episodes or n < 1 or self._pending is not None:
+        if self._told >= self.config.limit or n < 1 or self._pending is not None:
             return []  # one episode at a time: the agent waits for the last one's reward
         if self._thread is None:
             self._thread = threading.Thread(target=self._learn, name="rl-agent", daemon=True)
@@ -162,11 +167,11 @@ class RLStrategy(Strategy):
         if result.ok and (self._best is None or result.loss < self._best[1]):
             self._best = (candidate.policy, result.loss)
         self._in.put(result)
-        if self._told >= self.config.episodes and self._thread is not None:
+        if self._told >= self.config.limit and self._thread is not None:
             self._thread.join()  # the agent stops at the next step: no model change after this
 
     def done(self) -> bool:
-        return self._told >= self.config.episodes
+        return self._told >= self.config.limit
 
     def best(self) -> tuple[Policy, float] | None:
         return self._best
