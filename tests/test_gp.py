@@ -40,7 +40,7 @@ def _evaluate(evaluator):
 
 def test_search_space_file_and_validation():
     space = GPSpace.from_dict(yaml.safe_load((ROOT / "search_spaces" / "gp.yaml").read_text()))
-    assert "mms" in space.unary and space.terminals == ["W", "X", "G"]
+    assert "mms" in space.unary and space.terminals == ["W", "X", "G", "Hd", "Hi"]
     with pytest.raises(UserError, match="unknown keys popsize"):
         GPSpace.from_dict({"popsize": 3})
     with pytest.raises(UserError, match="unknown unary"):
@@ -180,3 +180,14 @@ def test_sequential_rung_is_rationed_and_the_hall_of_fame_has_distinct_masks(eva
     for h in hof:  # each entry is the shortest key with its masks
         same = [k for k, d in gp.masks.items() if d == gp.masks[h["key"]]]
         assert len(h["key"]) == min(len(k) for k in same)
+
+
+def test_first_generation_scores_metrics_of_w_and_x_first(evaluator, tmp_path):
+    """A worker collects G and the Hessians when a candidate first needs them, so generation 0
+    asks for the metrics that read only W and X before the others."""
+    from autoprune.pruning.metrics import needs_gradients, needs_hessian
+
+    gp = GPStrategy(_context(evaluator, tmp_path), {**SMALL, "population": 16})
+    cands = gp.ask(16)
+    extra = [needs_gradients(c.policy.metric) or needs_hessian(c.policy.metric) for c in cands]
+    assert any(extra) and not all(extra) and extra == sorted(extra)

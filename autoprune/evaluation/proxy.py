@@ -51,6 +51,7 @@ class ProxyResult:
     error: str | None = None
     cached: bool = False  # the same masks were evaluated before at this fidelity: no forward pass ran
     masks: str | None = None  # digest of the masks (ProxyEvaluator.mask_hash): equal digests, equal pruned models
+    prepared: float = 0.0  # of ``seconds``, those spent collecting statistics this candidate first needed (once)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +85,7 @@ class ProxyEvaluator:
         self.layer_cache = LayerCache() if cache else None  # reconstructed layers, for updates
         self._results: dict[tuple, ProxyResult] = {}
         self.cache_hits = 0
+        self.prepared = 0.0  # seconds spent by ``require``, taken into the next result's ``prepared``
         self.probe = max(self.linears, key=lambda n: self.linears[n].weight.numel())
         gen = torch.Generator().manual_seed(0)
         self._hash_keys = {n: torch.randint(0, 2**32, (lin.weight.shape[1], 2), generator=gen, dtype=torch.float64)
@@ -129,6 +131,7 @@ class ProxyEvaluator:
         candidates without them, and a search that never needs them never pays for them."""
         if self.calib_windows is None:
             return
+        t0 = time.perf_counter()
         if self.stats.grads is None and needs_gradients(policy.metric):
             self.restore()
             self.stats.grads = collect_gradients(self.model, gradient_windows(self.calib_windows), self.batch_size,
@@ -140,6 +143,7 @@ class ProxyEvaluator:
                                   progress=False)
             for name, st in self.stats.layers.items():
                 st.H, st._channels = fresh.layers[name].H, None
+        self.prepared += time.perf_counter() - t0
 
     def check_scores(self, metric: str) -> str | None:
         """Why an expression metric is unusable on the probe layer (None when it is fine)."""
@@ -188,10 +192,19 @@ class ProxyEvaluator:
     def _fidelity(self, batches: int | None) -> int | None:
         return None if batches is None or batches >= self.max_batches else batches
 
+    def take_prepared(self, result: ProxyResult) -> ProxyResult:
+        """``result`` with the statistics collection since the last result counted as ``prepared``."""
+        if self.prepared:
+            result, self.prepared = replace(result, prepared=self.prepared), 0.0
+        return result
+
     @torch.no_grad()
     def evaluate(self, policy: Policy, batches: int | None = None, sequential: bool = False) -> ProxyResult:
         """Prune (one-shot, or by the sequential protocol), measure, restore. A failing candidate
         returns loss inf and its error."""
+        return self.take_prepared(self._evaluate(policy, batches, sequential))
+
+    def _evaluate(self, policy: Policy, batches: int | None, sequential: bool) -> ProxyResult:
         if sequential and self.calib_windows is None:
             raise UserError("the sequential protocol needs the calibration windows of the statistics")
         batches, t0 = self._fidelity(batches), time.perf_counter()
@@ -246,6 +259,8 @@ class ProxyEvaluator:
         for i, key in repeats:
             self.cache_hits += 1
             out[i] = replace(self._results[key], cached=True)
+        if out:
+            out[0] = self.take_prepared(out[0])
         return out
 
     def _stacked_loss(self, weights: dict[str, Tensor], batches: int | None) -> tuple[list[float], int]:

@@ -170,6 +170,9 @@ class GPStrategy(Strategy):
             else:
                 seen.add(key)
                 self._queue.append((key, "low"))
+        if self.generation == 0:  # metrics that read only W and X first: a worker collects G and the
+            # Hessians when a candidate first needs them, so the search starts scoring at once
+            self._queue.sort(key=lambda item: len(parse(item[0]).terminals - {"W", "X"}) > 0)
 
     def fitness(self, e: Expr) -> float:
         return self.low.get(str(rank_form(e)), math.inf)

@@ -314,6 +314,7 @@ class Orchestrator:
             result = asdict(ProxyResult(math.inf, math.nan, wall, 0, result["error"]))
         self._log({"event": "result", "id": cid, "result": result})
         self.cache[policy_key(cand.policy.to_dict(), cand.batches, cand.sequential)] = result
+        wall -= result.get("prepared", 0.0)  # statistics collected once are no candidate's running cost
         if wall > 0:
             self.cost = wall if self.cost == 0 else 0.8 * self.cost + 0.2 * wall
         strategies[name].tell(cand, ProxyResult(**result))

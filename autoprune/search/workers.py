@@ -115,7 +115,7 @@ class ProxyWorker:
         p = Policy.from_dict(policy)
         if not sequential and _by_ratio(p) and self.evaluator.check_scores(p.metric) is None:
             try:
-                return asdict(self._ratio_proxy(p).evaluate(p, batches))
+                return asdict(self.evaluator.take_prepared(self._ratio_proxy(p).evaluate(p, batches)))
             except (RuntimeError, ValueError, UserError):
                 pass  # evaluating from scratch reports the error itself
         return asdict(self.evaluator.evaluate(p, batches, sequential))
