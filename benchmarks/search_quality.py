@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int)
     ap.add_argument("--calib-windows", type=int, default=64)
     ap.add_argument("--select-windows", type=int, default=32)
+    ap.add_argument("--proxy-windows", type=int, default=16)
+    ap.add_argument("--top-k", type=int, default=3)
+    ap.add_argument("--owl-lambdas", default="0.05,0.1,0.15,0.2")
     ap.add_argument("--eval-windows", type=int, default=None, help="default: every window of the eval data")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of the search's worker")
     ap.add_argument("--seed", type=int, default=0)
@@ -53,7 +56,8 @@ def main() -> None:
         out = args.out / f"{args.model.replace('/', '_')}-{setting.replace(':', 'of')}-{stamp}"
         given = dict(model=args.model, budget=args.budget, strategies=args.strategies, out=out, seed=args.seed,
                      calib_windows=args.calib_windows, select_windows=args.select_windows,
-                     eval_windows=args.eval_windows, cpus_per_worker=args.threads,
+                     eval_windows=args.eval_windows, cpus_per_worker=args.threads, proxy_windows=args.proxy_windows,
+                     top_k=args.top_k, owl_lambdas=args.owl_lambdas,
                      tracking_uri=f"sqlite:///{(args.out / 'mlflow.db').resolve()}",
                      **({"pattern": setting} if nm else {"sparsity": float(setting)}))
         given.update({k: v for k, v in (("calib", args.calib), ("select", args.select), ("eval", args.eval),

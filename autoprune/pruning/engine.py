@@ -81,7 +81,7 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-GRADIENT_TOKENS = 8192  # calibration tokens the gradient statistic G is averaged over (a backward pass per window)
+GRADIENT_TOKENS = 4096  # calibration tokens the gradient statistic G is averaged over (a backward pass per window)
 
 
 def collect_stats(model: nn.Module, windows: Tensor, hessian: bool = False, gradients: bool = False,

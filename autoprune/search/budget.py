@@ -37,8 +37,8 @@ def parse_budget(text: str) -> float:
 class PhaseSplit:
     """Fractions of the budget: metric search, allocation search; the rest is final validation."""
 
-    metric: float = 0.55
-    allocation: float = 0.30
+    metric: float = 0.30
+    allocation: float = 0.55  # evolution chooses the weight update and per-projection ratios here
 
     @property
     def validation(self) -> float:
