@@ -127,8 +127,9 @@ class ProxyEvaluator:
 
     def require(self, policy: Policy) -> None:
         """Collect, on first need, the statistics ``policy`` reads beyond X: the gradient statistic G
-        (``engine.gradient_windows``) for metrics that read it, the layers' Hessians for a weight update. A worker starts scoring
-        candidates without them, and a search that never needs them never pays for them."""
+        (on ``engine.gradient_windows``) for metrics that read it; the layers' Hessians for a weight
+        update or the terminals Hd, Hi. A worker starts scoring candidates without them, and a
+        search that never needs them never pays for them."""
         if self.calib_windows is None:
             return
         t0 = time.perf_counter()
@@ -142,7 +143,7 @@ class ProxyEvaluator:
             fresh = collect_stats(self.model, self.calib_windows, hessian=True, batch_size=self.batch_size,
                                   progress=False)
             for name, st in self.stats.layers.items():
-                st.H, st._channels = fresh.layers[name].H, None
+                st.set_hessian(fresh.layers[name].H)
         self.prepared += time.perf_counter() - t0
 
     def check_scores(self, metric: str) -> str | None:

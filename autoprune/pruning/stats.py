@@ -38,6 +38,9 @@ class LayerStats:
         self.sq_sum += (x * x).sum(dim=0)
         self.tokens += n
 
+    def set_hessian(self, H: Tensor) -> None:
+        self.H, self._channels = H, None
+
     def hessian_channels(self) -> Tensor | None:
         """(2, in): the diagonal of H and the diagonal of the upper Cholesky factor of H^-1, both
         damped as SparseGPT damps (the metric terminals Hd and Hi); None without H. Cached."""
