@@ -70,6 +70,8 @@ def test_prune_with_policy_file(tmp_path, capsys):
     (["prune", *ARGS, "--pattern", "2x4", "--out", "x"], "malformed pattern '2x4'"),
     (["prune", *ARGS, "--pattern", "4:2", "--out", "x"], "malformed pattern '4:2'"),
     (["prune", *ARGS, "--method", "obs", "--out", "x"], "unknown method 'obs'"),
+    (["prune", *ARGS, "--update", "obs", "--out", "x"], "unknown update 'obs'"),
+    (["prune", *ARGS, "--method", "sparsegpt", "--update", "none", "--out", "x"], "needs a weight update"),
     (["eval", *ARGS, "--data", "nonesuch"], "unknown data 'nonesuch'"),
     (["eval", *ARGS, "--data", "missing.txt"], "missing.txt: data file not found"),
     (["eval", *ARGS, "--data", "tinystories:5-2"], "document range 5-2"),
@@ -91,6 +93,17 @@ def test_bad_input_one_line_exit_2(capsys, tmp_path, monkeypatch, argv, match):
         assert err.count("\n") == 1 and match in err
     else:
         _one_line_error(capsys, argv, match)
+
+
+def test_prune_with_the_admm_update(capsys, tmp_path):
+    """SparseGPT's mask reconstructed by ADMM: the pruned model keeps the target exactly."""
+    out = tmp_path / "admm"
+    assert main(["prune", *ARGS, "--method", "sparsegpt", "--update", "admm", "--sparsity", "0.6",
+                 "--calib", "tinystories:0-499", "--calib-windows", "8", "--out", str(out)]) == 0
+    policy = json.loads((out / "autoprune_policy.json").read_text())
+    assert (policy["metric"], policy["update"]) == ("sparsegpt", "admm")
+    report = json.loads((out / "autoprune_report.json").read_text())
+    assert report["sparsity"] == pytest.approx(0.6, abs=1e-4)
 
 
 def test_empty_and_bad_files(capsys, tmp_path):

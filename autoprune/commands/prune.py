@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--policy", type=Path, help="a policy JSON file (overrides --method/--sparsity/--pattern/--allocation)")
     p.add_argument("--metric", help="a metric file from 'autoprune export', a named metric or an expression "
                    "such as 'mul(abs(W), X)'; replaces the policy's metric")
+    p.add_argument("--update", help="weight update after the mask: none, sparsegpt (OBS) or admm "
+                                    "(default: the method's or the policy's)")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of weights to remove, in [0, 1)")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M")
     p.add_argument("--allocation", default="uniform", help="uniform, owl or alpha (AlphaPruning); "
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = PruneConfig(model=args.model, out=args.out, method=args.method, sparsity=args.sparsity,
                       pattern=args.pattern, allocation=args.allocation, policy=args.policy, metric=args.metric,
-                      calib=args.calib, calib_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed,
+                      update=args.update, calib=args.calib, calib_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed,
                       batch_size=args.batch_size, eval=args.eval, eval_windows=args.eval_windows,
                       device=args.device, dtype=args.dtype)
     res = prune(cfg)

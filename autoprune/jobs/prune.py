@@ -28,6 +28,7 @@ class PruneConfig(Config):
     allocation: str = "uniform"
     policy: Path | None = None  # a policy JSON file; overrides method/sparsity/pattern/allocation
     metric: str | None = None  # a metric file, named metric or expression; replaces the policy's metric
+    update: str | None = None  # none, sparsegpt or admm; replaces the policy's weight update
     calib: str = "c4"
     calib_windows: int = 128
     seqlen: int = 2048
@@ -56,6 +57,8 @@ class PruneConfig(Config):
             from autoprune.export import metric_spec
 
             policy = replace(policy, metric=metric_spec(self.metric))
+        if self.update is not None:
+            policy = replace(policy, update=self.update)  # validated by the policy
         return policy
 
 
