@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top-k", type=int, help="candidates fully validated at the end (default: 3)")
     p.add_argument("--baselines", help="recipes validated beside the winner under the same protocol, "
                                        "method[+allocation] (wanda, sparsegpt, ... with +owl or +alpha), or none "
-                                       "(default: wanda,wanda+owl,sparsegpt,sparsegpt+owl)")
+                                       "(default: sparsegpt+owl,sparsegpt,wanda+owl,wanda)")
     p.add_argument("--owl-lambdas", help="OWL lambdas of the recipes, tuned on the selection split "
                                          "(default: 0.05,0.1,0.15,0.2)")
     p.add_argument("--reference-top", type=int, help="dense tokens per position the KL proxy keeps (default: 256)")
@@ -134,8 +134,9 @@ class SearchView:
         t = Table(title="autoprune search: result")
         t.add_column("field")
         t.add_column("value")
-        t.add_row("best policy", _describe(res.best.to_dict()) + ("" if res.proxy_loss is not None else
-                                                                  " (the default: no candidate scored in time)"))
+        default = res.proxy_loss is None and res.recipe is None
+        t.add_row("best policy", _describe(res.best.to_dict()) + (" (the default: no candidate scored in time)"
+                                                                  if default else ""))
         if res.recipe is not None:
             t.add_row("note", f"the recipe {res.recipe} beat every candidate on the selection split: it is returned")
         t.add_row("proxy loss", f"{res.proxy_loss:.4f}" if res.proxy_loss is not None else "-")

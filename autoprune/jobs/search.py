@@ -61,7 +61,7 @@ class SearchConfig(Config):
     experiment: str | None = None  # None: autoprune/<out folder name>
     out: Path = Path("runs/search")
     top_k: int = 3
-    baselines: str = "wanda,wanda+owl,sparsegpt,sparsegpt+owl"  # recipes validated beside the winner; "none"
+    baselines: str = "sparsegpt+owl,sparsegpt,wanda+owl,wanda"  # recipes validated beside the winner; "none"
     owl_lambdas: str = "0.05,0.1,0.15,0.2"  # OWL's lambda of the recipes, tuned on the selection split
     reference_top: int | None = 256  # dense tokens per position the KL proxy keeps (None: the whole vocabulary)
     save_model: bool = False

@@ -1,8 +1,8 @@
 """The recipes a search's winner must beat, validated beside it under the same protocol.
 
-A recipe is a published method with an allocation, ``method[+allocation]``: ``wanda``,
-``wanda+owl``, ``sparsegpt``, ``sparsegpt+owl`` (the default set: the strongest known
-recipes), or with ``+alpha`` (AlphaPruning). OWL's lambda is tuned as an engineer would: every
+A recipe is a published method with an allocation, ``method[+allocation]``: ``sparsegpt+owl``,
+``sparsegpt``, ``wanda+owl``, ``wanda`` (the default set, the strongest known recipes, validated
+in that order), or with ``+alpha`` (AlphaPruning). OWL's lambda is tuned as an engineer would: every
 value of the search's ``owl_lambdas`` is validated on the selection split and the best one
 stands for the recipe. An N:M pattern fixes every layer's ratio, so only plain recipes apply.
 
@@ -19,7 +19,7 @@ import math
 from autoprune.errors import UserError
 from autoprune.pruning.policy import METHODS, Policy
 
-DEFAULT = "wanda,wanda+owl,sparsegpt,sparsegpt+owl"
+DEFAULT = "sparsegpt+owl,sparsegpt,wanda+owl,wanda"  # validated in this order: the strongest first
 OWL_LAMBDAS = (0.05, 0.1, 0.15, 0.2)
 ALLOCATIONS = ("uniform", "owl", "alpha")
 DENSE = "dense"  # the unpruned model: measured whenever any recipe is

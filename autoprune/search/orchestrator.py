@@ -379,24 +379,36 @@ class Orchestrator:
             ok = {k: r for k, r in selected.items() if k != DENSE and "error" not in r}
             return min(ok, key=lambda k: ok[k]["perplexity"]) if ok else None
 
+        # the slowest selection and report so far (worker seconds); until measured, the estimates
+        slowest = {"select": 0.0, "eval": 0.0}
+        estimate = dict(zip(("select", "eval"), self.validation_seconds))
+        reports = 1 + (len(self.recipes) + 1 if self.recipes else 0)  # the winner, each recipe, the dense model
+
+        def fits(split: str) -> bool:
+            """One more job of ``split`` fits in the time left; a selection also leaves time for the
+            reports still to come, so the evaluation data always sees the winner and the recipes."""
+            cost = {s: slowest[s] or estimate[s] for s in slowest}
+            left = end - time.monotonic()
+            if split == "eval":
+                return cost["eval"] <= left
+            return cost["select"] + max(0, reports - len(reported)) * cost["eval"] <= left
+
         def next_job(running: set):
-            for k in first:
-                if k not in selected and (k, "select") not in running:
-                    return k, "select"
             recipes = {k: r for k, r in selected.items() if isinstance(k, str)}
             wanted = [winner(), *best_variants(recipes).values(), *([DENSE] if DENSE in self.baselines else [])]
-            for k in wanted:
-                if k is not None and (k in selected or k == DENSE) and k not in reported and (k, "eval") not in running:
-                    return k, "eval"
-            for k in later:
-                if k not in selected and (k, "select") not in running:
-                    return k, "select"
-            return None
+            jobs = ([(k, "select") for k in first if k not in selected]
+                    + [(k, "eval") for k in wanted if k is not None and (k in selected or k == DENSE)
+                       and k not in reported]
+                    + [(k, "select") for k in later if k not in selected])
+            jobs = [j for j in dict.fromkeys(jobs) if j not in running]
+            if jobs and not running and not selected:
+                return jobs[0]  # something is always validated, however short the time
+            return next((j for j in jobs if fits(j[1])), None)
 
         running: set = set()
-        end, cost = self._deadline(1.0), 0.0  # cost: the slowest validation so far (worker seconds)
+        end = self._deadline(1.0)
         while time.monotonic() < end:
-            while self.pool.free > 0 and (time.monotonic() + cost < end if cost > 0 else not running):
+            while self.pool.free > 0:
                 job = next_job(running)
                 if job is None:
                     break
@@ -407,7 +419,7 @@ class Orchestrator:
             for (key, split), res in self.pool.wait(min(0.5, max(0.0, end - time.monotonic()))):
                 res = {"perplexity": math.inf, **res} if "error" in res else res
                 running.discard((key, split))
-                cost = max(cost, res.get("seconds", 0.0))
+                slowest[split] = max(slowest[split], res.get("seconds", 0.0))
                 if split == "eval":
                     self._log({"event": "report", "key": key, "result": res})
                     reported[key] = res
