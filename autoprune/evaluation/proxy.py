@@ -35,7 +35,7 @@ from autoprune.evaluation.kl import DEFAULT_TOP, DenseReference, kl_to_dense
 from autoprune.evaluation.perplexity import perplexity, window_nll
 from autoprune.evaluation.stacked import stacked_linears
 from autoprune.pruning.engine import (CalibrationStats, LayerCache, apply_policy, blocks_linears, collect_gradients,
-                                     collect_stats, gradient_windows, prune_sequential)
+                                     collect_hessians, gradient_windows, hessian_store, prune_sequential)
 from autoprune.pruning.metrics import NAMED, SOLVER_METRICS, needs_gradients, needs_hessian, resolve_metric
 from autoprune.pruning.policy import Policy
 
@@ -140,10 +140,9 @@ class ProxyEvaluator:
         hessian = policy.update != "none" or needs_hessian(policy.metric)
         if hessian and any(st.H is None for st in self.stats.layers.values()):
             self.restore()
-            fresh = collect_stats(self.model, self.calib_windows, hessian=True, batch_size=self.batch_size,
-                                  progress=False)
+            hessians = collect_hessians(self.model, self.calib_windows, self.batch_size, hessian_store(self.model))
             for name, st in self.stats.layers.items():
-                st.set_hessian(fresh.layers[name].H)
+                st.set_hessian(hessians[name])
         self.prepared += time.perf_counter() - t0
 
     def check_scores(self, metric: str) -> str | None:

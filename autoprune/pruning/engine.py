@@ -284,6 +284,33 @@ def _run_block(block: nn.Module, inputs: list[list]) -> None:
 
 
 @torch.no_grad()
+def collect_hessians(model: nn.Module, windows: Tensor, batch_size: int = 8,
+                     store: torch.device | str | None = None) -> dict[str, Tensor]:
+    """H = 2/n X X^T of every prunable linear of the dense model, one block at a time: only one
+    block's Hessians are on the model's device at once, and each is kept on ``store`` (default:
+    the model's device; ``"cpu"`` for host memory when a model's Hessians outgrow the device)."""
+    _, blocks = decoder_blocks(model)
+    bls = blocks_linears(model)
+    inputs = capture_block_inputs(model, blocks[0], windows, batch_size)
+    out = {}
+    for block, linears in zip(blocks, bls):
+        with StatsCollector(linears, hessian=True) as col:
+            _run_block(block, inputs)  # the dense outputs become the next block's inputs
+        out.update({name: st.H if store is None else st.H.to(store) for name, st in col.stats.items()})
+    return out
+
+
+def hessian_store(model: nn.Module, share: float = 0.25) -> str | None:
+    """Where one-shot Hessians live: host memory when, on a GPU, they would take more than ``share``
+    of its memory (a 7B Llama's take 28 GB in float32), else the model's device (None)."""
+    dev = _device(model)
+    if dev.type != "cuda":
+        return None
+    size = sum(lin.in_features ** 2 * 4 for bl in blocks_linears(model) for lin in bl.values())
+    return "cpu" if size > share * torch.cuda.get_device_properties(dev).total_memory else None
+
+
+@torch.no_grad()
 def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_size: int = 8,
                      progress: bool = True, grads: dict[str, Tensor] | None = None) -> PruneReport:
     """The full protocol: prune block by block, each calibrated on the pruned blocks' outputs.

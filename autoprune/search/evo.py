@@ -210,7 +210,7 @@ class EvoStrategy(Strategy):
         counts = self._waiting.pop(key, None)
         if candidate.batches is None and (self.best_seen is None or loss < self.best_seen[1]):
             self.best_seen = (p.to_dict(), loss)
-        if candidate.tag.get("stage") == "arms" or (p.allocation == "uniform" and counts is None):
+        if candidate.tag.get("stage") == "arms":
             self.arm_losses[f"{p.metric}|{p.update}"] = loss
         elif candidate.tag.get("stage") == "warm":
             if self.parent is not None and loss < self.parent[1]:
