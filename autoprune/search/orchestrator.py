@@ -41,7 +41,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
 }
 PHASES = ("metric", "allocation")
 MIN_VALIDATION = 6.0  # seconds per planned validation (the top-k and the baselines) in short budgets
-MAX_VALIDATION = 0.6  # of the usable time, at most, planned for validation
+MAX_VALIDATION = 0.7  # of the usable time, at most, planned for validation
 VALIDATION_POOL = 50  # candidates, best first, that validation may reach when time allows
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 WARM_STARTS = ("owl", "alpha")  # allocations whose ratios allocation searches may start from
@@ -331,14 +331,15 @@ class Orchestrator:
     def entries(self) -> list[dict]:
         return [self._entry(cid) for cid in sorted(self.journal.results())]
 
-    def best_entries(self, k: int) -> list[dict]:
+    def best_entries(self, k: int, sequential_first: bool = True) -> list[dict]:
         """The ``k`` best distinct full-fidelity policies by proxy loss. Losses under the sequential
         protocol are not on the one-shot scale, so the two rankings are interleaved, sequential
-        first: validation sees the best of each."""
+        first (the metric the allocation phase builds on) unless ``sequential_first`` is False
+        (validation: the allocation phase's one-shot candidates, built on that metric, lead)."""
         seen, out = set(), []
         full = [e for e in self.entries() if e["fidelity"] >= 1.0 and e["result"]["error"] is None]
         tiers = [sorted((e for e in full if bool(e.get("sequential")) is seq), key=lambda e: e["result"]["loss"])
-                 for seq in (True, False)]
+                 for seq in ((True, False) if sequential_first else (False, True))]
         for e in (e for pair in itertools.zip_longest(*tiers) for e in pair if e is not None):
             key = policy_key(e["policy"], None)
             if key not in seen:
@@ -369,29 +370,41 @@ class Orchestrator:
         selected: dict = {e["id"]: e["result"] for e in self.journal.of("validate")}
         selected.update({e["name"]: e["result"] for e in self.journal.of("baseline")})
         reported: dict = {e["key"]: e["result"] for e in self.journal.of("report")}
-        ranked = self.best_entries(max(self.top_k, VALIDATION_POOL))
+        ranked = self.best_entries(max(self.top_k, VALIDATION_POOL), sequential_first=False)
         policies: dict = {e["id"]: e["policy"] for e in ranked}
         policies.update({k: p.to_dict() if p is not None else None for k, p in self.baselines.items()})
-        first = [e["id"] for e in ranked[:self.top_k]] + [k for k in self.baselines if k != DENSE]
+        # the best candidate, then the recipes (strongest first: the comparison must be complete), then
+        # the rest of the top-k; the next best candidates after the reports, while time allows
+        top = [e["id"] for e in ranked[:self.top_k]]
+        first = top[:1] + [k for k in self.baselines if k != DENSE] + top[1:]
         later = [e["id"] for e in ranked[self.top_k:]]
 
         def winner():
             ok = {k: r for k, r in selected.items() if k != DENSE and "error" not in r}
             return min(ok, key=lambda k: ok[k]["perplexity"]) if ok else None
 
-        # the slowest selection and report so far (worker seconds); until measured, the estimates
-        slowest = {"select": 0.0, "eval": 0.0}
+        # the slowest job so far (worker seconds) of each kind: a report, or a selection by weight update
+        # (an ADMM reconstruction costs more than none); until measured, the estimates
+        slowest: dict[str, float] = {}
         estimate = dict(zip(("select", "eval"), self.validation_seconds))
         reports = 1 + (len(self.recipes) + 1 if self.recipes else 0)  # the winner, each recipe, the dense model
 
-        def fits(split: str) -> bool:
-            """One more job of ``split`` fits in the time left; a selection also leaves time for the
-            reports still to come, so the evaluation data always sees the winner and the recipes."""
-            cost = {s: slowest[s] or estimate[s] for s in slowest}
+        def kind(job) -> str:
+            return "eval" if job[1] == "eval" else f"select/{(policies[job[0]] or {}).get('update', 'none')}"
+
+        def cost(k: str) -> float:
+            if k in slowest:
+                return slowest[k]
+            selections = [v for key, v in slowest.items() if key.startswith("select/")]
+            return max(selections) if k != "eval" and selections else estimate[k.split("/")[0]]
+
+        def fits(job) -> bool:
+            """One more job fits in the time left; a selection also leaves time for the reports still
+            to come, so the evaluation data always sees the winner and the recipes."""
             left = end - time.monotonic()
-            if split == "eval":
-                return cost["eval"] <= left
-            return cost["select"] + max(0, reports - len(reported)) * cost["eval"] <= left
+            if job[1] == "eval":
+                return cost("eval") <= left
+            return cost(kind(job)) + max(0, reports - len(reported)) * cost("eval") <= left
 
         def next_job(running: set):
             recipes = {k: r for k, r in selected.items() if isinstance(k, str)}
@@ -403,7 +416,7 @@ class Orchestrator:
             jobs = [j for j in dict.fromkeys(jobs) if j not in running]
             if jobs and not running and not selected:
                 return jobs[0]  # something is always validated, however short the time
-            return next((j for j in jobs if fits(j[1])), None)
+            return next((j for j in jobs if fits(j)), None)
 
         running: set = set()
         end = self._deadline(1.0)
@@ -419,13 +432,14 @@ class Orchestrator:
             for (key, split), res in self.pool.wait(min(0.5, max(0.0, end - time.monotonic()))):
                 res = {"perplexity": math.inf, **res} if "error" in res else res
                 running.discard((key, split))
-                slowest[split] = max(slowest[split], res.get("seconds", 0.0))
+                k = kind((key, split))
+                slowest[k] = max(slowest.get(k, 0.0), res.get("seconds", 0.0))
                 if split == "eval":
                     self._log({"event": "report", "key": key, "result": res})
                     reported[key] = res
                 else:
-                    kind = {"event": "baseline", "name": key} if isinstance(key, str) else {"event": "validate", "id": key}
-                    self._log({**kind, "result": res})
+                    event = {"event": "baseline", "name": key} if isinstance(key, str) else {"event": "validate", "id": key}
+                    self._log({**event, "result": res})
                     selected[key] = res
                 if self.tracker is not None and "error" not in res and isinstance(key, int):
                     self.tracker.log_validation(key, {f"{split}_perplexity": res["perplexity"]})
