@@ -297,14 +297,15 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
         held.close()
 
 
-def validation_seconds(cfg: SearchConfig, info: dict) -> tuple[float, float]:
-    """Estimated seconds of one validation on the selection split (a sequential prune runs each
-    block on the calibration windows twice, and accumulates Hessians for an update, about 1.5
-    forwards' worth) and of one report on the eval data, from the worker's measured seconds per
-    dense forward of one window. Recipes include SparseGPT, so the Hessians are counted."""
+def validation_seconds(cfg: SearchConfig, info: dict) -> tuple[float, float, float]:
+    """Estimated seconds of one validation on the selection split, without and with a weight update
+    (a sequential prune runs each block on the calibration windows twice; an update accumulates
+    Hessians, about 1.5 forwards' worth, and reconstructs), and of one report on the eval data, from
+    the worker's measured seconds per dense forward of one window."""
     per_window = info.get("window_seconds", 0.0)
-    select = per_window * (3.5 * cfg.calib_windows + cfg.select_windows)
-    return select, per_window * (cfg.eval_windows or 128)
+    plain = per_window * (2 * cfg.calib_windows + cfg.select_windows)
+    update = per_window * (3.5 * cfg.calib_windows + cfg.select_windows)
+    return plain, update, per_window * (cfg.eval_windows or 128)
 
 
 def phase_seconds(events: list[dict]) -> dict[str, float]:

@@ -88,7 +88,7 @@ class Orchestrator:
                  on_update: Callable[[dict], None] | None = None, spaces_dir: Path = SPACES_DIR,
                  finish_reserve: float | None = None, baselines: list[str] = (), per_forward: int | None = None,
                  owl_lambdas: tuple[float, ...] = OWL_LAMBDAS, updates: tuple[str, ...] = ("none",),
-                 validation_seconds: tuple[float, float] = (MIN_VALIDATION, 0.0)):
+                 validation_seconds: tuple[float, float, float] = (MIN_VALIDATION, MIN_VALIDATION, 0.0)):
         """``per_forward``: one-shot candidates of one strategy and fidelity sent to a worker as one
         job and stacked into one forward pass (None: what the workers suggest for their device)."""
         self.pool, self.journal, self.budget, self.tracker = pool, journal, budget, tracker
@@ -101,7 +101,8 @@ class Orchestrator:
         self.recipes = list(baselines)
         self.baselines, self.skipped = baseline_policies(base_policy, self.recipes, owl_lambdas)
         self.updates = tuple(updates)
-        # estimated seconds of one validation on the selection split and of one report on the eval data
+        # estimated seconds of one validation on the selection split (without and with a weight update)
+        # and of one report on the eval data
         self.validation_seconds = validation_seconds
         # seconds left at the end to write results and stop the workers
         self.finish_reserve = 8.0 + 0.01 * budget.total if finish_reserve is None else finish_reserve
@@ -199,7 +200,7 @@ class Orchestrator:
         each recipe and the dense model on the evaluation data), up to ``MAX_VALIDATION``.
         """
         usable = max(1e-9, self.budget.total - self.finish_reserve - self.origin)
-        select, report_ = self.validation_seconds
+        _, select, report_ = self.validation_seconds
         recipes = len(self.recipes) + 2 if self.recipes else 1  # their best variants, the winner, dense
         planned = (self.top_k + len(self.baselines)) * max(select, MIN_VALIDATION) + recipes * report_
         val = max(self.split.validation, min(MAX_VALIDATION, planned / usable))
@@ -386,8 +387,7 @@ class Orchestrator:
         # the slowest job so far (worker seconds) of each kind: a report, or a selection by weight update
         # (an ADMM reconstruction costs more than none); until measured, the estimates
         slowest: dict[str, float] = {}
-        estimate = dict(zip(("select", "eval"), self.validation_seconds))
-        reports = 1 + (len(self.recipes) + 1 if self.recipes else 0)  # the winner, each recipe, the dense model
+        select_plain, select_update, report_cost = self.validation_seconds
 
         def kind(job) -> str:
             return "eval" if job[1] == "eval" else f"select/{(policies[job[0]] or {}).get('update', 'none')}"
@@ -395,16 +395,20 @@ class Orchestrator:
         def cost(k: str) -> float:
             if k in slowest:
                 return slowest[k]
-            selections = [v for key, v in slowest.items() if key.startswith("select/")]
-            return max(selections) if k != "eval" and selections else estimate[k.split("/")[0]]
+            if k == "eval":
+                return report_cost
+            measured = [v for key, v in slowest.items() if key.startswith("select/") and key != "select/none"]
+            return select_plain if k == "select/none" else max([select_update, *measured])
 
-        def fits(job) -> bool:
-            """One more job fits in the time left; a selection also leaves time for the reports still
-            to come, so the evaluation data always sees the winner and the recipes."""
+        def fits(job, wanted: list) -> bool:
+            """One more job fits in the time left; a selection also leaves time for its own report and
+            those still due (the winner, each selected recipe, the dense model), so the evaluation data
+            always sees what the selection chose."""
             left = end - time.monotonic()
             if job[1] == "eval":
                 return cost("eval") <= left
-            return cost(kind(job)) + max(0, reports - len(reported)) * cost("eval") <= left
+            due = sum(1 for k in wanted if k is not None and k not in reported) + 1
+            return cost(kind(job)) + due * cost("eval") <= left
 
         def next_job(running: set):
             recipes = {k: r for k, r in selected.items() if isinstance(k, str)}
@@ -416,7 +420,7 @@ class Orchestrator:
             jobs = [j for j in dict.fromkeys(jobs) if j not in running]
             if jobs and not running and not selected:
                 return jobs[0]  # something is always validated, however short the time
-            return next((j for j in jobs if fits(j)), None)
+            return next((j for j in jobs if fits(j, wanted)), None)
 
         running: set = set()
         end = self._deadline(1.0)
