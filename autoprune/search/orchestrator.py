@@ -42,6 +42,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
 PHASES = ("metric", "allocation")
 MIN_VALIDATION = 6.0  # seconds per planned validation (the top-k and the baselines) in short budgets
 MAX_VALIDATION = 0.7  # of the usable time, at most, planned for validation
+NM_ALLOCATION = 0.2  # the allocation phase's share under an N:M pattern, relative to the split's
 VALIDATION_POOL = 50  # candidates, best first, that validation may reach when time allows
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 WARM_STARTS = ("owl", "alpha")  # allocations whose ratios allocation searches may start from
@@ -208,6 +209,8 @@ class Orchestrator:
         has = {p: any(in_phase(n, p) for n in self.names) for p in PHASES}
         share = {"metric": self.split.metric if has["metric"] else 0.0,
                  "allocation": self.split.allocation if has["allocation"] else 0.0}
+        if self.base_policy.nm is not None and has["metric"]:
+            share["allocation"] *= NM_ALLOCATION  # N:M fixes every ratio: only the update is left to choose
         total = sum(share.values()) or 1.0
         metric_end = searched * share["metric"] / total
         return {"metric": metric_end, "allocation": searched}
