@@ -154,7 +154,8 @@ def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G
         W.mul_(mask)
         return
     H = st.H.to(W.device)
-    reconstructed, mask = sparsegpt_with_mask(W, H, ratio, policy.nm, mask)
+    if policy.update == "sparsegpt" or mask is None:  # OBS reconstructs; with metric sparsegpt it also chooses
+        reconstructed, mask = sparsegpt_with_mask(W, H, ratio, policy.nm, mask)
     if policy.update == "admm":
         reconstructed = admm_update(W, H, mask)
     W.copy_(reconstructed.to(W.dtype))
