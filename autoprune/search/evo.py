@@ -26,6 +26,7 @@ from autoprune.evaluation.proxy import ProxyResult
 from autoprune.pruning.policy import UPDATES, Policy
 from autoprune.search.allocation_space import explicit_policy
 from autoprune.search.base import Candidate, SearchContext, Strategy
+from autoprune.search.orchestrator import policy_key
 
 _KEYS = {"offspring", "fidelities", "survivors", "max_moves", "step", "bounds", "arms_only"}
 
@@ -135,7 +136,7 @@ class EvoStrategy(Strategy):
 
     # -- the ask / tell loop ------------------------------------------------------------
     def _push(self, policy: Policy, counts: list[int] | None, batches: int | None) -> None:
-        key = _key(policy, batches)
+        key = policy_key(policy.to_dict(), batches)
         if key not in self._waiting:
             self._waiting[key] = counts
             self._queue.append(Candidate(policy, batches, {"stage": self._stage, "generation": self.generation}))
@@ -206,7 +207,7 @@ class EvoStrategy(Strategy):
     def tell(self, candidate: Candidate, result: ProxyResult) -> None:
         p = candidate.policy
         loss = result.loss if result.ok else float("inf")
-        key = _key(p, candidate.batches)
+        key = policy_key(p.to_dict(), candidate.batches)
         counts = self._waiting.pop(key, None)
         if candidate.batches is None and (self.best_seen is None or loss < self.best_seen[1]):
             self.best_seen = (p.to_dict(), loss)
@@ -251,8 +252,3 @@ class EvoStrategy(Strategy):
             v, internal, gauss = state["rng"]
             self.rng.setstate((v, tuple(internal), gauss))
 
-
-def _key(policy: Policy, batches: int | None) -> str:
-    d = policy.to_dict()
-    d.pop("meta", None)
-    return repr((sorted((k, repr(v)) for k, v in d.items()), batches))

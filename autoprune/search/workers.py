@@ -204,17 +204,16 @@ class ProxyWorker:
         windows, then perplexity on the ``select`` windows (where the winner is chosen) or the
         ``eval`` windows (where it is reported). ``policy`` None measures the dense model. The
         last few pruned models are kept, so a policy's report does not prune it again."""
-        import json
-
         from autoprune.evaluation import perplexity
         from autoprune.pruning.engine import blocks_linears, model_sparsity, prune_sequential
         from autoprune.pruning.metrics import needs_gradients
         from autoprune.pruning.policy import Policy
+        from autoprune.search.orchestrator import policy_key
 
         t0 = time.perf_counter()
         windows = self._split(split)
         model = copy.deepcopy(self.lm.model)
-        key = json.dumps({k: v for k, v in (policy or {}).items() if k != "meta"}, sort_keys=True)
+        key = policy_key(policy or {}, None)
         ratios: list[float] = []
         linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
         if policy is not None and key in self._pruned:
