@@ -83,13 +83,13 @@ def cost(args) -> None:
                                                                                      update="sparsegpt")))
     timed("one-shot + admm update (sparsegpt mask)", lambda: ev.evaluate(Policy(metric="sparsegpt", sparsity=s,
                                                                                update="admm")))
-    from autoprune.pruning.engine import LayerCache
+    from autoprune.pruning.engine import LayerCache, blocks_linears
 
     for update in ("sparsegpt", "admm"):
         ev.layer_cache = LayerCache()
         base = Policy(metric="wanda", sparsity=s, update=update)
         sizes = tuple({n.split(".", 3)[3]: lin.weight.numel() for n, lin in blk.items()}
-                      for blk in _blocks(ev))
+                      for blk in blocks_linears(ev.model))
         from autoprune.search.evo import EvoStrategy
         from autoprune.search.base import SearchContext
 
@@ -107,12 +107,6 @@ def cost(args) -> None:
     print("\nratio to one-shot without update:")
     for label, sec, _ in rows:
         print(f"  {label:<52} {sec / base:8.1f}x")
-
-
-def _blocks(ev):
-    from autoprune.pruning.engine import blocks_linears
-
-    return blocks_linears(ev.model)
 
 
 def memory(args) -> None:
