@@ -30,17 +30,17 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _journal(journal: Path) -> list[dict]:
+    """The complete events of a journal the search may be writing: a last line without its
+    newline is still being written."""
+    if not journal.exists():
+        return []
+    text = journal.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+
+
 def _results(journal: Path) -> dict[int, dict]:
-    out = {}
-    if journal.exists():
-        for line in journal.read_text().splitlines():
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if e["event"] == "result":
-                out[e["id"]] = e["result"]
-    return out
+    return {e["id"]: e["result"] for e in _journal(journal) if e["event"] == "result"}
 
 
 def _wait_for(cond, timeout: float, proc: subprocess.Popen) -> None:
@@ -130,7 +130,7 @@ RL = ["--model", "stories260K", "--sparsity", "0.5", "--strategies", "rl", "--ca
 
 
 def _events(journal: Path, kind: str) -> list[dict]:
-    return [e for e in map(json.loads, journal.read_text().splitlines()) if e["event"] == kind]
+    return [e for e in _journal(journal) if e["event"] == kind]
 
 
 @pytest.fixture(scope="module")
