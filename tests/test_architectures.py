@@ -1,4 +1,6 @@
-"""Random tiny models of seven families: blocks and linears are found, every method prunes and evaluates."""
+"""Random tiny models of eighteen families, dense and mixture-of-experts: blocks and prunable units
+are found without code per family, every method prunes them to the exact target over all prunable
+weights (experts included), and plain transformers reloads the result."""
 
 import pytest
 import torch
@@ -7,39 +9,16 @@ from autoprune.evaluation import perplexity
 from autoprune.models.layers import decoder_blocks, prunable_linears
 from autoprune.pruning.engine import blocks_linears, model_sparsity, prune_sequential
 from autoprune.pruning.policy import Policy
+from tests.tiny_models import FAMILIES, MOE_FAMILIES, tiny_model
 
-SMALL = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
-
-
-def _configs():
-    import transformers as T
-
-    return {
-        "llama": T.LlamaConfig(**SMALL, intermediate_size=64, num_key_value_heads=2),
-        "mistral": T.MistralConfig(**SMALL, intermediate_size=64, num_key_value_heads=2),
-        "qwen2": T.Qwen2Config(**SMALL, intermediate_size=64, num_key_value_heads=2),
-        "opt": T.OPTConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32),
-        "gpt_neox": T.GPTNeoXConfig(**SMALL, intermediate_size=64),
-        "phi": T.PhiConfig(**SMALL, intermediate_size=64),
-        "gemma": T.GemmaConfig(**SMALL, intermediate_size=64, num_key_value_heads=2, head_dim=8),
-    }
-
-
-FAMILIES = list(_configs())
-EXPECTED_LINEARS = {"llama": 7, "mistral": 7, "qwen2": 7, "gemma": 7, "opt": 6, "gpt_neox": 4, "phi": 6}
-
-
-def _model(family):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(_configs()[family]).eval()
+EXPECTED_LINEARS = {"llama": 7, "mistral": 7, "qwen2": 7, "gemma": 7, "opt": 6, "gpt_neox": 4, "phi": 6, "gemma3": 7,
+                    "phi3": 4, "gpt2": 4, "gptj": 6, "falcon": 4, "bloom": 4,
+                    **dict.fromkeys(MOE_FAMILIES, 4 + 2 * 4)}  # attention, and gate_up and down of 4 experts
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_discovery(family):
-    model = _model(family)
+    model = tiny_model(family)
     path, blocks = decoder_blocks(model)
     assert len(blocks) == 2
     linears = prunable_linears(blocks[0])
@@ -51,7 +30,7 @@ def test_discovery(family):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method,pattern", [("wanda", "unstructured"), ("sparsegpt", "2:4"), ("ria", "unstructured")])
 def test_prune_and_evaluate(family, method, pattern):
-    model = _model(family)
+    model = tiny_model(family)
     windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(1))
     dense = perplexity(model, windows).perplexity
     report = prune_sequential(model, Policy.from_method(method, 0.5, pattern), windows, batch_size=2, progress=False)
@@ -62,3 +41,16 @@ def test_prune_and_evaluate(family, method, pattern):
     # embeddings and head untouched
     assert (model.get_input_embeddings().weight == 0).float().mean() < 0.01
     assert len(blocks_linears(model)) == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruned_model_reloads_in_plain_transformers(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(family)
+    windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(1))
+    prune_sequential(model, Policy.from_method("wanda", 0.5), windows, batch_size=2, progress=False)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert model_sparsity(again)[0] == pytest.approx(0.5, abs=1e-3)
+    assert perplexity(again, windows).perplexity == pytest.approx(perplexity(model, windows).perplexity, rel=1e-5)

@@ -27,6 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval", help="also report dense and pruned perplexity on this data")
     p.add_argument("--eval-windows", type=int, help="evaluate on the first N windows only")
+    p.add_argument("--offload", action="store_true", help="keep the model in host memory and move one block at a "
+                   "time to --device (prunes models larger than the device)")
+    p.add_argument("--expert-allocation", default="uniform", help="mixture-of-experts: uniform, or tokens "
+                   "(experts the router sends fewer calibration tokens lose more; the saved policy is explicit)")
+    p.add_argument("--router-weighted", action="store_true", help="mixture-of-experts: weigh each routed token "
+                   "by its router weight in the experts' statistics (MoE-Pruner)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(run=run)
 
@@ -42,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
                       pattern=args.pattern, allocation=args.allocation, policy=args.policy, metric=args.metric,
                       update=args.update, calib=args.calib, calib_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed,
                       batch_size=args.batch_size, eval=args.eval, eval_windows=args.eval_windows,
-                      device=args.device, dtype=args.dtype)
+                      device=args.device, dtype=args.dtype, offload=args.offload,
+                      expert_allocation=args.expert_allocation, router_weighted=args.router_weighted)
     res = prune(cfg)
     table = Table(title=f"autoprune prune: {cfg.model}")
     table.add_column("field")

@@ -13,17 +13,22 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from autoprune.models.layers import Unit
 
 
 @contextmanager
-def stacked_linears(linears: dict[str, nn.Linear], weights: dict[str, Tensor]):
+def stacked_linears(linears: dict[str, Unit], weights: dict[str, Tensor]):
     """Within the block, ``linears[n]`` maps an input of batch K*B to K slices of B, slice k with
-    ``weights[n][k]``; linears without stacked weights are untouched. Always restored."""
+    ``weights[n][k]`` (out, in); units without stacked weights are untouched. Always restored.
+    Experts cannot be stacked (RuntimeError: the caller scores candidates one at a time)."""
+    if any(linears[n].kind == "expert" for n in weights):
+        raise RuntimeError("experts are not stacked")
     swapped = []
     try:
         for name, W in weights.items():
-            lin = linears[name]
+            lin = linears[name].module  # nn.Linear or Conv1D: y = x W^T + b with W (out, in)
             lin.forward = _stacked_forward(W, lin.bias)  # an instance attribute shadows the class's forward
             swapped.append(lin)
         yield

@@ -11,11 +11,14 @@ from autoprune.errors import UserError
 from autoprune.evaluation import perplexity
 from autoprune.jobs.common import calibration_windows, evaluation_windows
 from autoprune.models import load_model
-from autoprune.pruning.engine import PruneReport, model_sparsity, prune_sequential
+from autoprune.models.loading import resolve_device
+from autoprune.pruning.allocation import block_ratios, by_routed_tokens
+from autoprune.pruning.engine import PruneReport, blocks_linears, dense_blockwise, model_sparsity, prune_sequential
 from autoprune.pruning.policy import Policy
 
 POLICY_FILE = "autoprune_policy.json"
 REPORT_FILE = "autoprune_report.json"
+EXPERT_ALLOCATIONS = ("uniform", "tokens")
 
 
 @dataclass
@@ -38,6 +41,9 @@ class PruneConfig(Config):
     eval_windows: int | None = None
     device: str = "auto"
     dtype: str = "auto"
+    offload: bool = False  # the model in host memory, each block on --device only while it is pruned
+    expert_allocation: str = "uniform"  # uniform, or tokens: experts that see fewer tokens lose more
+    router_weighted: bool = False  # experts' statistics weigh routed tokens by router weight (MoE-Pruner)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -47,6 +53,9 @@ class PruneConfig(Config):
             raise UserError(f"{self.out}: exists and is not an autoprune output folder; choose another --out")
         if self.batch_size <= 0:
             raise UserError(f"batch size must be positive, got {self.batch_size}")
+        if self.expert_allocation not in EXPERT_ALLOCATIONS:
+            raise UserError(f"unknown expert allocation {self.expert_allocation!r} "
+                            f"(choose {', '.join(EXPERT_ALLOCATIONS)})")
 
     def make_policy(self) -> Policy:
         if self.policy is not None:
@@ -73,11 +82,15 @@ class PruneResult:
 
 def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     policy = cfg.make_policy()  # validate before the slow part
-    lm = load_model(cfg.model, cfg.dtype, cfg.device)
+    lm = load_model(cfg.model, cfg.dtype, "cpu" if cfg.offload else cfg.device)
+    offload_to = resolve_device(cfg.device) if cfg.offload else None
     calib = calibration_windows(lm.tokenizer, cfg.calib, cfg.calib_windows, cfg.seqlen, cfg.seed)
     evalw = evaluation_windows(lm.tokenizer, cfg.eval, cfg.seqlen, cfg.eval_windows) if cfg.eval else None
     dense_ppl = perplexity(lm.model, evalw, cfg.batch_size, progress).perplexity if evalw is not None else None
-    report = prune_sequential(lm.model, policy, calib, cfg.batch_size, progress)
+    if cfg.expert_allocation == "tokens":
+        policy = _by_routed_tokens(policy, lm.model, calib, cfg, progress)
+    report = prune_sequential(lm.model, policy, calib, cfg.batch_size, progress, offload_to=offload_to,
+                              router_weighted=cfg.router_weighted)
     ppl = perplexity(lm.model, evalw, cfg.batch_size, progress).perplexity if evalw is not None else None
 
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -91,3 +104,14 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
         "dense_perplexity": dense_ppl, "perplexity": ppl,
     }, indent=2) + "\n")
     return PruneResult(policy, report, cfg.out, dense_ppl, ppl)
+
+
+def _by_routed_tokens(policy: Policy, model, calib, cfg: PruneConfig, progress: bool) -> Policy:
+    """``policy`` made explicit, its experts' ratios set by the tokens routed to them."""
+    stats = dense_blockwise(model, calib, cfg.batch_size, router_weighted=cfg.router_weighted,
+                            offload_to=resolve_device(cfg.device) if cfg.offload else None)
+    bls = blocks_linears(model)
+    if not any(u.kind == "expert" for bl in bls for u in bl.values()):
+        raise UserError(f"{cfg.model}: --expert-allocation tokens needs a mixture-of-experts model; this one has no experts")
+    ratios = block_ratios(policy, bls, {n: st.X for n, st in stats.items()})
+    return by_routed_tokens(policy, model, ratios, {n: st.tokens for n, st in stats.items()})

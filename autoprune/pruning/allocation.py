@@ -20,6 +20,7 @@ with η such that the parameter-weighted mean of s_l is S (ε: ``Policy.alpha_ep
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -152,3 +153,39 @@ def layer_ratios(policy: Policy, blocks_linears: list[dict[str, torch.nn.Linear]
         if unknown:
             raise UserError(f"layer_ratios name linears that block {i} does not have: {', '.join(unknown)}")
     return out
+
+
+def by_routed_tokens(policy: Policy, model: torch.nn.Module, ratios: list[float], tokens: dict[str, int],
+                     spread: float = 0.5) -> Policy:
+    """The explicit policy of ``policy`` (block ``ratios`` as computed for ``model``) whose experts
+    lose more the fewer calibration tokens the router sends them (``tokens``: full unit name ->
+    routed tokens). In each block the experts' matrices of one kind (``gate_up_proj`` of every
+    expert, ...) get ratios r_e w_e / mean(w), r_e their ratio under ``policy`` and
+    w_e = 1 + spread (1 - t_e / mean t) clipped to [1 - spread, 1 + spread]: the matrices are equal
+    in size, so together they lose what they would have. The spread halves until no ratio passes
+    0.95. Every other unit keeps its ratio."""
+    from autoprune.models.layers import decoder_blocks, prunable_linears
+
+    path, blocks = decoder_blocks(model)
+    bls = [{f"{path}.{i}.{n}": u for n, u in prunable_linears(b).items()} for i, b in enumerate(blocks)]
+    layer = layer_ratios(policy, bls, ratios)
+    out = []
+    for i, linears in enumerate(bls):
+        own = {n: layer[n] for n in linears if layer[n] != ratios[i]}
+        groups: dict[str, list[str]] = {}
+        for name, unit in linears.items():
+            if unit.kind == "expert":
+                groups.setdefault(name.rsplit(".", 1)[0], []).append(name)
+        for names in groups.values():
+            t = torch.tensor([float(tokens[n]) for n in names], dtype=torch.float64)
+            r = torch.tensor([layer[n] for n in names], dtype=torch.float64)
+            s = spread
+            while True:
+                w = (1 + s * (1 - t / t.mean().clamp(min=1))).clamp(1 - s, 1 + s)
+                new = r * w / w.mean()
+                if new.max() < 0.95 or s < 1e-3:
+                    break
+                s /= 2
+            own.update(zip(names, new.tolist()))
+        out.append({n[len(f"{path}.{i}."):]: r for n, r in own.items()})
+    return replace(policy, allocation="explicit", block_ratios=tuple(ratios), layer_ratios=out)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from autoprune.errors import UserError
-from autoprune.models.layers import decoder_blocks, prunable_linears
+from autoprune.models.layers import Unit, decoder_blocks, prunable_linears
 from autoprune.pruning.allocation import block_ratios, layer_ratios
 from autoprune.pruning.masks import make_mask
 from autoprune.pruning.metrics import needs_gradients, needs_hessian, resolve_metric
@@ -55,13 +56,13 @@ def global_sparsity_of(layer_sparsity: dict[str, float], sizes: dict[str, int]) 
     return sum(layer_sparsity[n] * sizes[n] for n in layer_sparsity) / max(total, 1)
 
 
-def blocks_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
+def blocks_linears(model: nn.Module) -> list[dict[str, Unit]]:
     """For each decoder block, full linear name -> layer."""
     path, blocks = decoder_blocks(model)
     return [{f"{path}.{i}.{n}": lin for n, lin in prunable_linears(b).items()} for i, b in enumerate(blocks)]
 
 
-def _zeros(bls: list[dict[str, nn.Linear]]) -> tuple[dict[str, float], dict[str, int]]:
+def _zeros(bls: list[dict[str, Unit]]) -> tuple[dict[str, float], dict[str, int]]:
     """(fraction of exactly-zero weights, number of weights) of every linear, by full name."""
     linears = {n: lin for bl in bls for n, lin in bl.items()}
     if not linears:
@@ -85,13 +86,13 @@ GRADIENT_TOKENS = 4096  # calibration tokens the gradient statistic G is average
 
 
 def collect_stats(model: nn.Module, windows: Tensor, hessian: bool = False, gradients: bool = False,
-                  batch_size: int = 8, progress: bool = True) -> CalibrationStats:
+                  batch_size: int = 8, progress: bool = True, router_weighted: bool = False) -> CalibrationStats:
     """One-shot statistics of the dense model on ``windows`` (n, seqlen); G on the first
     ``GRADIENT_TOKENS`` of them."""
     t0 = time.perf_counter()
     linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
     dev = _device(model)
-    with torch.no_grad(), StatsCollector(linears, hessian=hessian) as col:
+    with torch.no_grad(), StatsCollector(linears, hessian=hessian, router_weighted=router_weighted) as col:
         for batch in tqdm(windows.split(batch_size), desc="statistics", disable=not progress, leave=False):
             model(batch.to(dev), use_cache=False)
     grads = collect_gradients(model, gradient_windows(windows), batch_size, progress) if gradients else None
@@ -103,23 +104,25 @@ def gradient_windows(windows: Tensor) -> Tensor:
 
 
 def collect_gradients(model: nn.Module, windows: Tensor, batch_size: int = 8, progress: bool = True) -> dict[str, Tensor]:
-    """G = sqrt(mean over windows of (dL/dW)^2) for every prunable linear (L: mean token NLL)."""
+    """G = sqrt(mean over windows of (dL/dW)^2) for every prunable unit (L: mean token NLL)."""
     linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
     sq = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in linears.items()}
+    params = {id(lin.param): lin.param for lin in linears.values()}.values()  # experts share one
     dev = _device(model)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
-    for lin in linears.values():
-        lin.weight.requires_grad_(True)
+    for p in params:
+        p.requires_grad_(True)
     try:
         with torch.enable_grad():
             for window in tqdm(windows.split(1), desc="gradients", disable=not progress, leave=False):
                 window = window.to(dev)
                 model(window, labels=window, use_cache=False).loss.backward()
                 for n, lin in linears.items():
-                    sq[n] += lin.weight.grad.float() ** 2
-                    lin.weight.grad = None
+                    sq[n] += lin.view(lin.param.grad).float() ** 2
+                for p in params:
+                    p.grad = None
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
@@ -143,12 +146,16 @@ def _mask(W: Tensor, ratio: float, policy: Policy, X: Tensor, G: Tensor | None, 
     return make_mask(scores, ratio, policy.nm)
 
 
-def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G: Tensor | None) -> None:
-    """Prune one layer in place to ``ratio`` under ``policy`` with its statistics."""
+def prune_linear(lin: Unit, ratio: float, policy: Policy, st: LayerStats, G: Tensor | None) -> None:
+    """Prune one unit in place to ``ratio`` under ``policy`` with its statistics. A unit no
+    calibration token reached (an expert the router never chose) has nothing to reconstruct from:
+    it is masked by its metric with X = 1 (SparseGPT's mask: by magnitude) and not updated."""
     if ratio <= 0:
         return
     W = lin.weight.data
     _check_nm(W.shape, policy)
+    if st.tokens == 0 and policy.update != "none":
+        policy = replace(policy, metric="magnitude" if policy.metric == "sparsegpt" else policy.metric, update="none")
     mask = None if policy.metric == "sparsegpt" else _mask(W, ratio, policy, st.X, G, st.hessian_channels())
     if policy.update == "none":
         W.mul_(mask)
@@ -161,7 +168,7 @@ def prune_linear(lin: nn.Linear, ratio: float, policy: Policy, st: LayerStats, G
     W.copy_(reconstructed.to(W.dtype))
 
 
-def prune_stack(lins: list[nn.Linear], ratio: float, policy: Policy, X: list[Tensor], G: list[Tensor] | None,
+def prune_stack(lins: list[Unit], ratio: float, policy: Policy, X: list[Tensor], G: list[Tensor] | None,
                 H: list[Tensor] | None = None) -> None:
     """Prune same-shaped layers in place to one ``ratio`` (no weight update), scored as one stack:
     one metric call and one top-k for all of them, each layer getting the mask it would alone."""
@@ -175,7 +182,7 @@ def prune_stack(lins: list[nn.Linear], ratio: float, policy: Policy, X: list[Ten
         lin.weight.data.mul_(mask)
 
 
-def _finish(bls: list[dict[str, nn.Linear]], ratios: list[float], t0: float) -> PruneReport:
+def _finish(bls: list[dict[str, Unit]], ratios: list[float], t0: float) -> PruneReport:
     per_layer, sizes = _zeros(bls)
     return PruneReport(ratios, per_layer, sizes, time.perf_counter() - t0)
 
@@ -284,21 +291,57 @@ def _run_block(block: nn.Module, inputs: list[list]) -> None:
         item[0] = out[0] if isinstance(out, tuple) else out
 
 
+def _to(x, device: torch.device):
+    """``x`` (tensors in nested tuples, lists and dicts, as a block's captured inputs) on ``device``."""
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+@contextmanager
+def _on(block: nn.Module, device: torch.device | None):
+    """``block`` on ``device`` for the duration (back where it was after); None: where it is."""
+    home = _device(block)
+    if device is None or device == home:
+        yield
+        return
+    block.to(device)
+    try:
+        yield
+    finally:
+        block.to(home)
+
+
 @torch.no_grad()
+def dense_blockwise(model: nn.Module, windows: Tensor, batch_size: int = 8, hessian: bool = False,
+                    store: torch.device | str | None = None, offload_to: torch.device | str | None = None,
+                    router_weighted: bool = False) -> dict[str, LayerStats]:
+    """Statistics of every prunable unit of the dense model, one block at a time: only one block's
+    statistics are on the device at once, each then kept on ``store`` (default: where it was
+    computed; ``"cpu"`` for host memory when a model's Hessians outgrow the device). With
+    ``offload_to`` only the block at hand is on that device (see ``prune_sequential``)."""
+    _, blocks = decoder_blocks(model)
+    dev = torch.device(offload_to) if offload_to is not None else None
+    inputs = capture_block_inputs(model, blocks[0], windows, batch_size)
+    if dev is not None:
+        inputs = _to(inputs, dev)
+    out = {}
+    for block, linears in zip(blocks, blocks_linears(model)):
+        with _on(block, dev):
+            with StatsCollector(linears, hessian=hessian, router_weighted=router_weighted) as col:
+                _run_block(block, inputs)  # the dense outputs become the next block's inputs
+        out.update({name: st if store is None else st.to(store) for name, st in col.stats.items()})
+    return out
+
+
 def collect_hessians(model: nn.Module, windows: Tensor, batch_size: int = 8,
                      store: torch.device | str | None = None) -> dict[str, Tensor]:
-    """H = 2/n X X^T of every prunable linear of the dense model, one block at a time: only one
-    block's Hessians are on the model's device at once, and each is kept on ``store`` (default:
-    the model's device; ``"cpu"`` for host memory when a model's Hessians outgrow the device)."""
-    _, blocks = decoder_blocks(model)
-    bls = blocks_linears(model)
-    inputs = capture_block_inputs(model, blocks[0], windows, batch_size)
-    out = {}
-    for block, linears in zip(blocks, bls):
-        with StatsCollector(linears, hessian=True) as col:
-            _run_block(block, inputs)  # the dense outputs become the next block's inputs
-        out.update({name: st.H if store is None else st.H.to(store) for name, st in col.stats.items()})
-    return out
+    """H = 2/n X X^T of every prunable unit of the dense model (see ``dense_blockwise``)."""
+    return {n: st.H for n, st in dense_blockwise(model, windows, batch_size, True, store).items()}
 
 
 def hessian_store(model: nn.Module, share: float = 0.25) -> str | None:
@@ -313,32 +356,42 @@ def hessian_store(model: nn.Module, share: float = 0.25) -> str | None:
 
 @torch.no_grad()
 def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_size: int = 8,
-                     progress: bool = True, grads: dict[str, Tensor] | None = None) -> PruneReport:
+                     progress: bool = True, grads: dict[str, Tensor] | None = None,
+                     offload_to: torch.device | str | None = None, router_weighted: bool = False) -> PruneReport:
     """The full protocol: prune block by block, each calibrated on the pruned blocks' outputs.
 
     Allocation (OWL) and gradient statistics come from the dense model, as in OWL and GBLM.
     ``grads`` are the dense model's gradient statistics on ``windows`` when the caller already
     has them (a proxy evaluator does); otherwise they are collected here if the metric reads G.
+    With ``offload_to`` (a device) the model stays where it is (host memory) and only the block
+    being pruned, its inputs and its statistics are on that device, as the Wanda and SparseGPT
+    drivers prune models larger than the device. ``router_weighted``: experts' statistics weigh
+    each routed token by its router weight (MoE-Pruner).
     """
     t0 = time.perf_counter()
     _, blocks = decoder_blocks(model)
     bls = blocks_linears(model)
+    dev = torch.device(offload_to) if offload_to is not None else None
     if not needs_gradients(policy.metric):
         grads = None
     elif grads is None:
         grads = collect_gradients(model, gradient_windows(windows), batch_size, progress)
     X = None
     if policy.allocation == "owl":
-        X = collect_stats(model, windows, batch_size=batch_size, progress=progress).X
+        X = {n: st.X for n, st in dense_blockwise(model, windows, batch_size, offload_to=dev,
+                                                  router_weighted=router_weighted).items()}
     ratios = block_ratios(policy, bls, X)
     per_layer = layer_ratios(policy, bls, ratios)
     inputs = capture_block_inputs(model, blocks[0], windows, batch_size)
+    if dev is not None:
+        inputs = _to(inputs, dev)
     hessian = policy.update != "none" or needs_hessian(policy.metric)
     for i in tqdm(range(len(blocks)), desc="pruning blocks", disable=not progress, leave=False):
-        with StatsCollector(bls[i], hessian=hessian) as col:
-            _run_block(blocks[i], [list(x) for x in inputs])  # statistics only; outputs discarded
-        for name, lin in bls[i].items():
-            prune_linear(lin, per_layer[name], policy, col.stats[name], grads[name] if grads else None)
-        del col
-        _run_block(blocks[i], inputs)  # the pruned block's outputs feed the next block
+        with _on(blocks[i], dev):
+            with StatsCollector(bls[i], hessian=hessian, router_weighted=router_weighted) as col:
+                _run_block(blocks[i], [list(x) for x in inputs])  # statistics only; outputs discarded
+            for name, lin in bls[i].items():
+                prune_linear(lin, per_layer[name], policy, col.stats[name], grads[name] if grads else None)
+            del col
+            _run_block(blocks[i], inputs)  # the pruned block's outputs feed the next block
     return _finish(bls, ratios, t0)

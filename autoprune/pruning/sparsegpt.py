@@ -42,7 +42,7 @@ def sparsegpt_with_mask(W: Tensor, H: Tensor, sparsity: float, nm: tuple[int, in
                         mask: Tensor | None = None, blocksize: int = 128,
                         percdamp: float = 0.01) -> tuple[Tensor, Tensor]:
     """(the pruned and reconstructed weight, its keep-mask): the mask OBS chose, or ``mask``."""
-    W = W.clone().float()
+    W = W.clone(memory_format=torch.contiguous_format).float()  # W may be a transposed view
     keep = torch.ones_like(W, dtype=torch.bool)
     rows, cols = W.shape
     Hinv = prepare_hinv(H.float(), W, percdamp)

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from autoprune.models.layers import Unit, input_hooks
 
 
 @dataclass
@@ -24,7 +26,11 @@ class LayerStats:
 
     @property
     def X(self) -> Tensor:
-        return (self.sq_sum / max(self.tokens, 1)).sqrt()
+        """Ones for a layer no calibration token reached (an expert the router never chose): its
+        activation-weighted scores fall back to magnitudes."""
+        if self.tokens == 0:
+            return torch.ones_like(self.sq_sum)
+        return (self.sq_sum / self.tokens).sqrt()
 
     def add(self, x: Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
@@ -62,23 +68,20 @@ class LayerStats:
 
 
 class StatsCollector:
-    """Accumulate ``LayerStats`` for each named linear while the model runs forward."""
+    """Accumulate ``LayerStats`` for each named prunable unit while the model runs forward
+    (experts: over the tokens routed to them, router-weighted on request)."""
 
-    def __init__(self, linears: dict[str, nn.Linear], hessian: bool = False):
+    def __init__(self, linears: dict[str, Unit], hessian: bool = False, router_weighted: bool = False):
         self.stats = {}
         for name, lin in linears.items():
-            dev = lin.weight.device
-            self.stats[name] = LayerStats(
-                sq_sum=torch.zeros(lin.in_features, device=dev),
-                H=torch.zeros(lin.in_features, lin.in_features, device=dev) if hessian else None,
-            )
-        self._linears = linears
+            dev, n = lin.weight.device, lin.in_features
+            self.stats[name] = LayerStats(sq_sum=torch.zeros(n, device=dev),
+                                          H=torch.zeros(n, n, device=dev) if hessian else None)
+        self._linears, self._weighted = linears, router_weighted
         self._handles: list = []
 
     def __enter__(self) -> "StatsCollector":
-        for name, lin in self._linears.items():
-            st = self.stats[name]
-            self._handles.append(lin.register_forward_hook(lambda _m, inp, _out, st=st: st.add(inp[0].detach())))
+        self._handles = input_hooks(self._linears, lambda name, x: self.stats[name].add(x), self._weighted)
         return self
 
     def __exit__(self, *exc) -> None:
