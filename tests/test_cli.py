@@ -80,6 +80,10 @@ def test_prune_with_policy_file(tmp_path, capsys):
     (["prune", *ARGS, "--policy", "nope.json", "--out", "x"], "policy file not found"),
     (["eval", *ARGS, "--device", "cuda:0"] if not __import__("torch").cuda.is_available() else
      ["eval", *ARGS, "--device", "tpu"], "device"),
+    (["prune", *ARGS, "--expert-allocation", "tokens", "--out", "x"], "needs a mixture-of-experts model"),
+    (["prune", *ARGS, "--expert-allocation", "few", "--out", "x"], "unknown expert allocation 'few'"),
+    (["search", "--model", "stories260K", "--budget", "1m", "--gpus-per-worker", "1.5"], "whole number"),
+    (["search", "--model", "stories260K", "--budget", "1m", "--gpus-per-worker", "64"], "64 GPUs"),
     (["eval", *ARGS, "--seqlen", "abc"], "invalid int value"),
     (["frobnicate"], "invalid choice"),
 ])

@@ -177,3 +177,31 @@ def test_offloaded_sequential_pruning_gives_the_same_weights(family):
     assert next(offloaded.parameters()).device.type == "cpu"
     for (name, a), b in zip(plain.state_dict().items(), offloaded.state_dict().values()):
         torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0 if device == "cpu" else 1e-5, msg=name)
+
+
+def test_prune_command_on_a_mixture_of_experts_folder(tmp_path, capsys):
+    """``autoprune prune`` on a Mixtral folder (stories260K's tokenizer): per-expert allocation by
+    routed tokens and router-weighted statistics, the explicit policy saved, the model reloaded."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from autoprune.cli import main
+    from autoprune.models import load_model
+    from tests.tiny_models import configs
+
+    config = configs()["mixtral"]
+    config.vocab_size = 512
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "moe")
+    load_model("stories260K").tokenizer.save_pretrained(tmp_path / "moe")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tmp_path / "moe"), "--seqlen", "64", "--calib", "tinystories:0-49",
+                 "--calib-windows", "8", "--expert-allocation", "tokens", "--router-weighted", "--out", str(out)]) == 0
+    policy = Policy.load(out / "autoprune_policy.json")
+    assert policy.allocation == "explicit" and len({r for block in policy.layer_ratios for _, r in block}) > 1
+    report = json.loads((out / "autoprune_report.json").read_text())
+    assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert sum(".experts." in n for n in report["layer_sparsity"]) == 2 * 2 * 4
+    again = AutoModelForCausalLM.from_pretrained(out)
+    assert model_sparsity(again)[0] == pytest.approx(report["sparsity"])

@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("--objective", help="proxy loss: kl (to the dense model, default) or ppl")
     p.add_argument("--workers", type=int, help="Ray worker actors, one per GPU or CPU slot (default: 1)")
     p.add_argument("--cpus-per-worker", type=float, help="CPU slots per worker (default: 1)")
-    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 0)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 0); above 1, each worker spreads "
+                   "its model over its GPUs")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: autoprune/<out folder name>)")

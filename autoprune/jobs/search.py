@@ -101,6 +101,17 @@ class SearchConfig(Config):
         for field in ("workers", "calib_windows", "select_windows", "reference_top", "proxy_windows", "batch_size", "proxy_batch", "top_k", "per_forward"):
             if getattr(self, field) is not None and getattr(self, field) <= 0:
                 raise UserError(f"{field.replace('_', '-')} must be positive, got {getattr(self, field)}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise UserError("cpus-per-worker must be positive and gpus-per-worker not negative")
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise UserError(f"gpus-per-worker above 1 must be a whole number, got {self.gpus_per_worker:g}")
+        if self.gpus_per_worker and self.ray_address is None:
+            import torch
+
+            if torch.cuda.device_count() < self.gpus_per_worker * self.workers:
+                raise UserError(f"{self.workers} workers x {self.gpus_per_worker:g} GPUs need "
+                                f"{self.gpus_per_worker * self.workers:g} GPUs; this machine has {torch.cuda.device_count()} "
+                                "(join a cluster with --ray-address)")
         self.experiment = self.experiment or f"autoprune/{self.out.resolve().name}"
 
     @property
@@ -136,7 +147,8 @@ def worker_spec(cfg: SearchConfig) -> WorkerSpec:
                       select=cfg.select, select_windows=cfg.select_windows, reference_top=cfg.reference_top,
                       seqlen=cfg.seqlen, batch_size=cfg.batch_size, proxy_batch=cfg.proxy_batch,
                       objective=cfg.objective, gradients="gp" in cfg.strategy_names, seed=cfg.seed,
-                      device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)))
+                      device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)),
+                      gpus=cfg.gpus_per_worker)
 
 
 def resume_config(out: Path, given: dict) -> SearchConfig:

@@ -208,8 +208,9 @@ def _read_gguf(path: Path) -> tuple[torch.nn.Module, object]:
     return model, tokenizer
 
 
-def load_model(name: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load a causal LM and its tokenizer, in eval mode, on ``device``."""
+def load_model(name: str, dtype: str = "auto", device: str = "auto", spread: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer, in eval mode, on ``device``; with ``spread``, over every
+    visible GPU by accelerate's device map (a model one GPU cannot hold)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = resolve(name)
@@ -221,12 +222,14 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
     else:
         raise UserError(f"unknown dtype {dtype!r} (choose auto, {', '.join(DTYPES)})")
     try:
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype, device_map="auto" if spread else None)
         tokenizer = AutoTokenizer.from_pretrained(target)
     except OSError as e:
         where = "folder" if isinstance(target, Path) else "hub id"
         raise UserError(f"cannot load {where} {name!r}: {_first_line(e)}") from None
-    model.to(dev).eval()
+    if not spread:
+        model.to(dev)
+    model.eval()
     model.config.use_cache = False
     return LoadedModel(model=model, tokenizer=tokenizer, name=name,
                        path=target if isinstance(target, Path) else None)

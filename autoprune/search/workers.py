@@ -53,6 +53,7 @@ class WorkerSpec:
     device: str = "auto"
     dtype: str = "auto"
     threads: int = 1
+    gpus: float = 0  # above 1: the model is spread over the worker's GPUs (accelerate's device map)
 
 
 def _by_ratio(policy: Policy) -> bool:
@@ -80,7 +81,7 @@ class ProxyWorker:
 
         torch.set_num_threads(max(1, spec.threads))
         self.spec = spec
-        self.lm = load_model(spec.model, spec.dtype, spec.device)
+        self.lm = load_model(spec.model, spec.dtype, spec.device, spread=spec.gpus > 1)
         self.calib = calibration_windows(self.lm.tokenizer, spec.calib, spec.calib_windows, spec.seqlen, spec.seed)
         stats = collect_stats(self.lm.model, self.calib, hessian=spec.hessian, gradients=spec.gradients,
                               batch_size=spec.batch_size, progress=False)
