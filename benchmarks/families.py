@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from autoprune.commands import quiet_libraries  # noqa: E402
 from autoprune.evaluation import perplexity  # noqa: E402
 from autoprune.pruning.engine import blocks_linears, model_sparsity, prune_sequential  # noqa: E402
 from autoprune.pruning.policy import Policy  # noqa: E402
@@ -28,6 +29,7 @@ RECIPES = [("wanda", "unstructured"), ("sparsegpt", "unstructured"), ("sparsegpt
 
 
 def main() -> None:
+    quiet_libraries()
     from transformers import AutoModelForCausalLM
 
     windows = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(1))

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from autoprune.commands import quiet_libraries  # noqa: E402
 from autoprune.evaluation import perplexity  # noqa: E402
 from autoprune.pruning.allocation import block_ratios, by_routed_tokens  # noqa: E402
 from autoprune.pruning.engine import blocks_linears, dense_blockwise, prune_sequential  # noqa: E402
@@ -26,6 +27,7 @@ from tests.tiny_models import tiny_model  # noqa: E402
 
 
 def main() -> None:
+    quiet_libraries()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="mixtral")
     ap.add_argument("--experts", type=int, default=8)

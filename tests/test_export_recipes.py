@@ -64,7 +64,7 @@ def test_uniform_with_model_targets_exactly_the_prunable_linears(stories):
     name, args = _modifier(to_llmcompressor(Policy.from_method("sparsegpt", 0.5), stories.model))
     assert name == "SparseGPTModifier" and args["sparsity"] == 0.5
     assert args["dampening_frac"] == 0.01 and args["block_size"] == 128
-    assert _targeted(stories.model, args["targets"]) == list(_ratios(EXPLICIT, stories.model))
+    assert _targeted(stories.model, args["targets"]) == [n for bl in blocks_linears(stories.model) for n in bl]
 
 
 @pytest.mark.parametrize("pattern, structure", [("2:4", "2:4"), ("1:4", "3:4"), ("4:8", "4:8")])
@@ -184,3 +184,13 @@ def test_bad_input_is_one_line_exit_2(case, extra, match, blockless, tmp_path, c
     Policy(sparsity=0.5, allocation="explicit", block_ratios=(0.5, 0.5, 0.5)).save(files["short"])
     extra = [str(blockless) if a == "BLOCKLESS" else a for a in extra]
     _one_line_error(capsys, ["export", str(files.get(case, "wanda")), *extra], match)
+
+
+def test_gpt2_conv1d_is_refused_by_llmcompressor_but_has_levels():
+    """llm-compressor 0.14 prunes Linear and ConvNd only; it would skip GPT-2's Conv1D silently."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=64, n_positions=32))
+    with pytest.raises(UserError, match="Conv1D"):
+        to_llmcompressor(Policy(sparsity=0.5), model)
+    assert to_levels(Policy(sparsity=0.5), model).count(": 0\n") == 8
