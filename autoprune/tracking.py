@@ -1,18 +1,30 @@
-"""MLflow tracking: an experiment per search, a parent run, a nested run per candidate.
+"""MLflow tracking: an experiment per search, one search run, and what a person looks at.
 
-The store is chosen by URI (embedded default ``sqlite:///runs/mlflow.db``; any MLflow URI).
-Candidate runs are written by a background thread so the search never waits on the store;
-the search's journal stays the source of truth and on resume the candidates the store is
-missing are logged again (by their ``autoprune.candidate`` tag).
+The journal holds every candidate; MLflow gets what scales to an 8-hour search:
+- the search run's **curves** as step metrics: per strategy the best full-fidelity proxy loss (step:
+  that strategy's candidate count) and candidates per second (every ``RATE_EVERY`` journal
+  seconds), the same over all strategies;
+- **nested runs** for the candidates that matter, with ``--log-candidates top`` (the default): the
+  validated ones (the winner tagged), each strategy's best few, and the recipes as runs of their
+  own, so the UI charts the winner against them; ``all`` adds a run per candidate, ``none`` keeps
+  only the search run;
+- ``candidates.csv``, the whole table (expression, allocation, update, losses), as an artifact.
+
+Runs are written by a background thread so the search never waits on the store. Resume logs
+nothing twice: nested runs are found by their ``autoprune.candidate`` tag, curve points by their
+step.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import queue
 import socket
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,6 +33,9 @@ from autoprune.errors import UserError
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
 EXPERIMENT_PREFIX = "autoprune/"
 CANDIDATE_TAG = "autoprune.candidate"
+LOG_MODES = ("top", "all", "none")
+RATE_EVERY = 30.0  # journal seconds between candidates-per-second points
+STRATEGY_BEST = 3  # candidates per strategy logged as runs with --log-candidates top
 
 
 def _client(uri: str):
@@ -53,13 +68,36 @@ def check_uri(uri: str) -> str:
     return uri
 
 
+def open_store(uri: str) -> str:
+    """``uri`` for a read-only command: a store that exists, else a one-line ``UserError``; creates nothing."""
+    parsed = urlparse(uri)
+    path = uri[len("sqlite:///"):] if parsed.scheme == "sqlite" else parsed.path or uri
+    if parsed.scheme in ("sqlite", "", "file") and not Path(path).exists():
+        raise UserError(f"no tracking store at {uri} (looked for {Path(path).resolve()}): run a search from this "
+                        "folder first, or pass --tracking-uri")
+    if parsed.scheme == "sqlite":
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise UserError(f"{path} is not an MLflow store (not an SQLite database)")
+    return check_uri(uri)
+
+
+def short_allocation(p: dict) -> str:
+    """A policy's allocation in a few characters: uniform, owl(0.1), alpha(0.3), or explicit
+    with the range of its block ratios."""
+    if p["allocation"] == "owl":
+        return f"owl({p['owl_lambda']:g})"
+    if p["allocation"] == "alpha":
+        return f"alpha({p['alpha_eps']:g})"
+    if p["allocation"] == "explicit":
+        r = p["block_ratios"]
+        return f"explicit {min(r):.2f}-{max(r):.2f}" + ("+layers" if p.get("layer_ratios") else "")
+    return p["allocation"]
+
+
 def candidate_params(entry: dict) -> dict[str, str]:
     p = entry["policy"]
-    ratios = p.get("block_ratios")
-    allocation = p["allocation"] if ratios is None else "explicit:" + ",".join(f"{r:.3f}" for r in ratios)
-    if p["allocation"] == "owl":
-        allocation = f"owl(lambda={p['owl_lambda']:g},M={p['owl_m']:g})"
-    return {"expression": p["metric"], "allocation": allocation, "pattern": p["pattern"],
+    return {"expression": p["metric"], "allocation": short_allocation(p), "pattern": p["pattern"],
             "target_sparsity": f"{p['sparsity']:g}", "update": p["update"], "strategy": entry["strategy"],
             "phase": entry["phase"], "policy": json.dumps(p)[:6000]}
 
@@ -73,75 +111,145 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
 
 
 class Tracker:
-    """One search's parent run; ``log_candidate`` queues a nested run for the writer thread."""
+    """One search's MLflow run. ``log_candidate`` sees every candidate and queues what the mode
+    logs (curve points; with ``all``, a nested run); ``log_validation`` and ``finish`` add the runs
+    that matter. A background thread writes everything queued."""
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None, params: dict | None = None):
+    def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None, params: dict | None = None,
+                 mode: str = "top"):
         from mlflow.entities import Param
 
-        self.uri = uri
+        if mode not in LOG_MODES:
+            raise UserError(f"unknown --log-candidates {mode!r} (choose {', '.join(LOG_MODES)})")
+        self.uri, self.mode = uri, mode
         self.client = _client(uri)
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             experiment, artifact_location=_artifact_root(uri, experiment))
         if parent_run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=experiment.removeprefix(EXPERIMENT_PREFIX),
-                                         tags={"autoprune.kind": "search"})
+                                         tags={"autoprune.kind": "search", "autoprune.log_candidates": mode})
             parent_run_id = run.info.run_id
             self.client.log_batch(parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()])
         else:
             self.client.update_run(parent_run_id, status="RUNNING")
         self.parent_run_id = parent_run_id
-        self.run_ids: dict[int, str] = self._logged()
+        self.run_ids: dict[int | str, str] = self._logged()  # candidate id or recipe name -> run id
+        self._steps = self._curve_steps()  # curve -> last step in the store (resume logs no point twice)
+        self._curves: dict[str, dict] = {}  # strategy (and "all") -> {"n", "best", "t", "n_at_t"}
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._write, daemon=True)
         self._thread.start()
 
-    def _logged(self) -> dict[int, str]:
-        runs = self.client.search_runs([self.experiment_id],
-                                       f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'", max_results=50000)
-        return {int(r.data.tags[CANDIDATE_TAG]): r.info.run_id for r in runs if CANDIDATE_TAG in r.data.tags}
+    def _logged(self) -> dict[int | str, str]:
+        out, token = {}, None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+                                           max_results=50000, page_token=token)
+            for r in page:
+                key = r.data.tags.get(CANDIDATE_TAG) or r.data.tags.get("autoprune.recipe")
+                if key is not None:
+                    out[int(key) if key.isdigit() else key] = r.info.run_id
+            token = page.token
+            if not token:
+                return out
+
+    def _curve_steps(self) -> dict[str, int]:
+        keys = self.client.get_run(self.parent_run_id).data.metrics
+        return {k: max(m.step for m in self.client.get_metric_history(self.parent_run_id, k))
+                for k in keys if k.startswith(("best_proxy_loss/", "candidates_per_second/"))}
 
     def log_candidate(self, entry: dict) -> None:
-        """``entry``: a journal submit event merged with its result (see ``Journal.results``)."""
-        if entry["id"] not in self.run_ids:
-            self._queue.put(("candidate", entry))
+        """Every candidate, in journal order (``entry``: a submit event merged with its result, see
+        ``Journal.results``), this session's and, on resume, the earlier ones again."""
+        points = []
+        for key in (entry["strategy"], "all"):
+            c = self._curves.setdefault(key, {"n": 0, "best": math.inf, "t": entry.get("t", 0.0), "n_at_t": 1})
+            c["n"] += 1
+            loss = entry["result"]["loss"]
+            if entry.get("fidelity", 1.0) >= 1 and not entry.get("sequential") and loss < c["best"]:
+                c["best"] = loss
+                points.append((f"best_proxy_loss/{key}", loss, c["n"]))
+            t = entry.get("t", 0.0)
+            if t - c["t"] >= RATE_EVERY:
+                points.append((f"candidates_per_second/{key}", (c["n"] - c["n_at_t"]) / (t - c["t"]), c["n"]))
+                c["t"], c["n_at_t"] = t, c["n"]
+        points = [p for p in points if p[2] > self._steps.get(p[0], -1)]
+        if points and self.mode != "none":
+            self._queue.put(("curve", points))
+        if self.mode == "all" and entry["id"] not in self.run_ids:
+            self._queue.put(("candidate", (entry, {}, {})))
 
-    def log_validation(self, cid: int, values: dict) -> None:
-        self._queue.put(("validation", (cid, values)))
+    def log_validation(self, entry: dict, values: dict, tags: dict | None = None) -> None:
+        """Perplexities of a validated candidate: its run, created unless the mode is ``none``."""
+        if self.mode != "none":
+            self._queue.put(("candidate", (entry, values, {"autoprune.validated": "true", **(tags or {})})))
 
     def _write(self) -> None:
         while True:
             kind, item = self._queue.get()
             try:
-                if kind == "candidate":
-                    self._write_candidate(item)
-                elif kind == "validation" and item[0] in self.run_ids:
-                    self._metrics(self.run_ids[item[0]], item[1])
+                if kind == "curve":
+                    self._curve(item)
+                elif kind == "candidate":
+                    self._write_candidate(*item)
+                elif kind == "recipe":
+                    self._write_recipe(item)
             except Exception as e:  # noqa: BLE001 - the journal keeps the record; resume retries
-                print(f"autoprune: warning: MLflow logging failed ({str(e).splitlines()[0][:160]})")
+                logging.getLogger("autoprune").warning("MLflow logging failed (%s)", str(e).splitlines()[0][:160])
             finally:
                 self._queue.task_done()
 
-    def _write_candidate(self, entry: dict) -> None:
+    def _curve(self, points: list[tuple[str, float, int]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_run_id, metrics=[Metric(k, float(v), now, step) for k, v, step in points
+                                                          if math.isfinite(v)])
+        for k, _, step in points:
+            self._steps[k] = max(step, self._steps.get(k, -1))
+
+    def _write_candidate(self, entry: dict, values: dict, tags: dict) -> None:
         from mlflow.entities import Param
 
-        res = entry["result"]
-        run = self.client.create_run(self.experiment_id, run_name=f"{entry['strategy']}-{entry['id']}", tags={
-            "mlflow.parentRunId": self.parent_run_id, CANDIDATE_TAG: str(entry["id"]),
-            "autoprune.kind": "candidate", "autoprune.strategy": entry["strategy"],
-            "autoprune.protocol": "sequential" if entry.get("sequential") else "one-shot",
-            **({"autoprune.error": res["error"][:500]} if res.get("error") else {})})
-        metrics = {"proxy_loss": res["loss"], "fidelity": entry.get("fidelity", 1.0), "sparsity": res["sparsity"],
-                   "seconds": res["seconds"], "tokens": res["tokens"]}
-        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in candidate_params(entry).items()])
-        self._metrics(run.info.run_id, metrics)
-        self.client.set_terminated(run.info.run_id, "FINISHED" if res.get("error") is None else "FAILED")
-        self.run_ids[entry["id"]] = run.info.run_id
+        run_id = self.run_ids.get(entry["id"])
+        if run_id is None:
+            res = entry["result"]
+            run = self.client.create_run(self.experiment_id, run_name=f"{entry['strategy']}-{entry['id']}", tags={
+                "mlflow.parentRunId": self.parent_run_id, CANDIDATE_TAG: str(entry["id"]),
+                "autoprune.kind": "candidate", "autoprune.strategy": entry["strategy"],
+                "autoprune.protocol": "sequential" if entry.get("sequential") else "one-shot",
+                **({"autoprune.error": res["error"][:500]} if res.get("error") else {})})
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in candidate_params(entry).items()])
+            self._metrics(run_id, {"proxy_loss": res["loss"], "fidelity": entry.get("fidelity", 1.0),
+                                   "sparsity": res["sparsity"], "seconds": res["seconds"], "tokens": res["tokens"]})
+            self.client.set_terminated(run_id, "FINISHED" if res.get("error") is None else "FAILED")
+            self.run_ids[entry["id"]] = run_id
+        self._metrics(run_id, values)
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def _write_recipe(self, row: dict) -> None:
+        """A recipe validated beside the candidates (``autoprune.search.baselines.report`` row)."""
+        from mlflow.entities import Param
+
+        if row["name"] in self.run_ids:
+            return
+        run = self.client.create_run(self.experiment_id, run_name=f"recipe {row['name']}", tags={
+            "mlflow.parentRunId": self.parent_run_id, "autoprune.kind": "recipe", "autoprune.recipe": row["name"],
+            "autoprune.validated": "true"})
+        policy = row.get("policy")
+        if policy:
+            self.client.log_batch(run.info.run_id, params=[
+                Param("expression", policy["metric"]), Param("allocation", short_allocation(policy)),
+                Param("update", policy["update"]), Param("policy", json.dumps(policy)[:6000])])
+        self._metrics(run.info.run_id, {"select_perplexity": row.get("select_perplexity"),
+                                        "eval_perplexity": row.get("perplexity"), "sparsity": row.get("sparsity")})
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        self.run_ids[row["name"]] = run.info.run_id
 
     def _metrics(self, run_id: str, values: dict) -> None:
-        import math
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -150,9 +258,7 @@ class Tracker:
             self.client.log_batch(run_id, metrics=ms)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the queued runs are written (at most ``timeout`` s); True when all are."""
-        import time
-
+        """Wait until the queued writes are done (at most ``timeout`` s); True when all are."""
         end = None if timeout is None else time.monotonic() + timeout
         while self._queue.unfinished_tasks:
             if end is not None and time.monotonic() > end:
@@ -160,13 +266,45 @@ class Tracker:
             time.sleep(0.05)
         return True
 
-    def finish(self, metrics: dict, artifacts: list[Path], status: str = "FINISHED") -> None:
-        self.flush(timeout=60)
+    def finish(self, metrics: dict, artifacts: list[Path], status: str = "FINISHED", runs: list[dict] = (),
+               recipes: list[dict] = (), winner: dict | None = None) -> None:
+        """Close the search run: ``runs`` (entries of the candidates worth a run: each strategy's
+        best), ``recipes`` (validated recipes' report rows) as runs, the ``winner`` (a validated
+        entry, or a recipe row) tagged on its run and named, linked, on the search run."""
+        if self.mode != "none":
+            for entry in runs:
+                if entry["id"] not in self.run_ids:
+                    self._queue.put(("candidate", (entry, {}, {})))
+            for row in recipes:
+                if "skipped" not in row and row["name"] != "dense":
+                    self._queue.put(("recipe", row))
+        self.flush(timeout=120)
         self._metrics(self.parent_run_id, metrics)
+        if winner is not None:
+            self._tag_winner(winner, recipes)
         for path in artifacts:
             if Path(path).exists():
                 self.client.log_artifact(self.parent_run_id, str(path))
         self.client.set_terminated(self.parent_run_id, status)
+
+    def _tag_winner(self, winner: dict, recipes: list[dict]) -> None:
+        key = winner.get("id", winner.get("name"))
+        label = f"candidate {key}" if isinstance(key, int) else f"recipe {key}"
+        run_id = self.run_ids.get(key)
+        self.client.set_tag(self.parent_run_id, "autoprune.winner", label)
+        lines = [f"**Winner: {label}**" + (f" ([run](#/experiments/{self.experiment_id}/runs/{run_id}))" if run_id else ""),
+                 "", "| | selection ppl | eval ppl |", "|---|---|---|",
+                 f"| winner | {_num(winner.get('select_perplexity'))} | {_num(winner.get('eval_perplexity', winner.get('perplexity')))} |"]
+        lines += [f"| {r['name']} | {_num(r.get('select_perplexity'))} | {_num(r.get('perplexity'))} |"
+                  for r in recipes if "skipped" not in r]
+        self.client.set_tag(self.parent_run_id, "mlflow.note.content", "\n".join(lines))
+        if run_id is not None:
+            self.client.set_tag(self.parent_run_id, "autoprune.winner_run_id", run_id)
+            self.client.set_tag(run_id, "autoprune.winner", "true")
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _searches(client, uri: str, experiment: str | None) -> dict[str, str]:
@@ -182,18 +320,31 @@ def _searches(client, uri: str, experiment: str | None) -> dict[str, str]:
 
 
 def leaderboard(uri: str, experiment: str | None = None, top: int = 10) -> list[dict]:
-    """The ``top`` candidates by proxy loss over one experiment (or every autoprune experiment)."""
+    """The ranking a search is decided by: the validated candidates and recipes first, by their
+    perplexity on the selection split (each search's winner marked), then the other full-fidelity
+    candidates by proxy loss; ``top`` rows, over one experiment (or every autoprune experiment)."""
     client = _client(uri)
     names = _searches(client, uri, experiment)
     if not names:
         return []
-    runs = client.search_runs(list(names), "tags.`autoprune.kind` = 'candidate' and metrics.fidelity = 1",
-                              order_by=["metrics.proxy_loss ASC"], max_results=top)
-    return [{"search": names[r.info.experiment_id], "candidate": int(r.data.tags[CANDIDATE_TAG]),
-             "strategy": r.data.tags.get("autoprune.strategy", ""), "expression": r.data.params.get("expression", ""),
-             "allocation": r.data.params.get("allocation", ""), "proxy_loss": r.data.metrics.get("proxy_loss"),
-             "sparsity": r.data.metrics.get("sparsity"), "eval_perplexity": r.data.metrics.get("eval_perplexity"),
-             "run_id": r.info.run_id} for r in runs]
+    ids = list(names)
+    validated = client.search_runs(ids, "tags.`autoprune.validated` = 'true'",
+                                   order_by=["metrics.select_perplexity ASC"], max_results=top)
+    rest = client.search_runs(ids, "tags.`autoprune.kind` = 'candidate' and metrics.fidelity = 1",
+                              order_by=["metrics.proxy_loss ASC"], max_results=top + len(validated))
+    seen = {r.info.run_id for r in validated}
+    rows = []
+    for r in [*validated, *(r for r in rest if r.info.run_id not in seen)][:top]:
+        tags, m = r.data.tags, r.data.metrics
+        recipe = tags.get("autoprune.recipe")
+        rows.append({"search": names[r.info.experiment_id], "candidate": recipe or int(tags[CANDIDATE_TAG]),
+                     "strategy": "recipe" if recipe else tags.get("autoprune.strategy", ""),
+                     "expression": r.data.params.get("expression", ""), "allocation": r.data.params.get("allocation", ""),
+                     "update": r.data.params.get("update", ""), "proxy_loss": m.get("proxy_loss"),
+                     "sparsity": m.get("sparsity"), "select_perplexity": m.get("select_perplexity"),
+                     "eval_perplexity": m.get("eval_perplexity"), "winner": tags.get("autoprune.winner") == "true",
+                     "run_id": r.info.run_id})
+    return rows
 
 
 def baselines(uri: str, experiment: str | None = None) -> list[dict]:

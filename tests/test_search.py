@@ -22,7 +22,8 @@ from autoprune.pruning.policy import Policy
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "autoprune.cli"]
 SMALL = ["--model", "stories260K", "--sparsity", "0.5", "--strategies", "random", "--workers", "1",
-         "--calib-windows", "16", "--proxy-windows", "8", "--eval-windows", "16", "--top-k", "2"]
+         "--calib-windows", "16", "--proxy-windows", "8", "--eval-windows", "16", "--top-k", "2",
+         "--log-candidates", "all"]
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -111,7 +112,8 @@ def test_every_candidate_is_in_mlflow_once(scenario):
     assert track["uri"] == "sqlite:///runs/mlflow.db"  # the default store, relative to where the search ran
     client = MlflowClient(f"sqlite:///{scenario['cwd']}/runs/mlflow.db")
     exp = client.get_experiment_by_name(track["experiment"])
-    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{track['parent_run_id']}'")
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{track['parent_run_id']}' and "
+                              "tags.`autoprune.kind` = 'candidate'")
     ids = [int(r.data.tags["autoprune.candidate"]) for r in runs]
     assert sorted(ids) == sorted(_results(scenario["out"] / "journal.jsonl"))
     assert client.get_run(track["parent_run_id"]).info.status == "FINISHED"
@@ -195,6 +197,48 @@ def test_baselines_are_validated_once_and_reported_beside_the_winner(rl_search):
     p = subprocess.run(CLI + ["leaderboard", "--experiment", "rl"], cwd=rl_search["cwd"], capture_output=True,
                        text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert p.returncode == 0 and "winner and recipes" in p.stdout, p.stderr
+
+
+def test_mlflow_holds_the_runs_that_matter_and_names_the_winner(rl_search):
+    """--log-candidates top (the default): the validated candidates, each strategy's best and the
+    recipes as nested runs, every candidate in candidates.csv; the winner tagged, linked and ranked
+    first by the leaderboard."""
+    import csv
+
+    from mlflow.tracking import MlflowClient
+
+    out = rl_search["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    track = json.loads((out / "tracking.json").read_text())
+    client = MlflowClient(f"sqlite:///{rl_search['cwd']}/runs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(track["experiment"]).experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{track['parent_run_id']}'")
+    candidates = [r for r in runs if r.data.tags["autoprune.kind"] == "candidate"]
+    recipes = {r.data.tags["autoprune.recipe"]: r for r in runs if r.data.tags["autoprune.kind"] == "recipe"}
+    assert {v["id"] for v in summary["validated"]} <= {int(r.data.tags["autoprune.candidate"]) for r in candidates}
+    assert len(candidates) <= len(summary["validated"]) + 3  # and one strategy's best three
+    assert set(recipes) == {r["name"] for r in summary["baselines"] if "skipped" not in r and r["name"] != "dense"}
+    for r in recipes.values():
+        assert r.data.metrics["select_perplexity"] > 0 and r.data.metrics["eval_perplexity"] > 0
+    with open(out / "candidates.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["id"]) for r in rows) == sorted(_results(out / "journal.jsonl"))
+    parent = client.get_run(track["parent_run_id"])
+    winner = summary["winner"]
+    if winner is not None:
+        label = f"candidate {winner['id']}" if "id" in winner else f"recipe {winner['name']}"
+        assert parent.data.tags["autoprune.winner"] == label and label in parent.data.tags["mlflow.note.content"]
+        assert client.get_run(parent.data.tags["autoprune.winner_run_id"]).data.tags["autoprune.winner"] == "true"
+        assert summary["ranking"][0]["select_perplexity"] == summary["best_select_perplexity"]
+    assert any(k.startswith("best_proxy_loss/") for k in parent.data.metrics)
+    p = subprocess.run(CLI + ["leaderboard", "--experiment", "rl", "--json"], cwd=rl_search["cwd"],
+                       capture_output=True, text=True, timeout=120)
+    rows = json.loads(p.stdout)["rows"]
+    assert rows[0]["winner"] == (winner is not None) and rows[0]["select_perplexity"] is not None
+    for cols in (80, 160):
+        p = subprocess.run(CLI + ["leaderboard"], cwd=rl_search["cwd"], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "COLUMNS": str(cols)})
+        assert p.returncode == 0 and max(map(len, p.stdout.splitlines())) <= cols, p.stdout
 
 
 def test_remote_damage_interleaves_with_pool_jobs_and_survives_its_worker(tmp_path):
@@ -283,7 +327,9 @@ def test_ui_serves_the_runs_over_rest(scenario):
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
-    assert len(runs) == len(_results(scenario["out"] / "journal.jsonl")) + 1  # candidates + the search
+    kinds = [r["data"]["tags"] for r in runs]
+    kinds = [next(t["value"] for t in tags if t["key"] == "autoprune.kind") for tags in kinds]
+    assert kinds.count("candidate") == len(_results(scenario["out"] / "journal.jsonl")) and kinds.count("search") == 1
 
 
 def _one_line_error(args: list[str], capsys, match: str) -> None:
@@ -364,3 +410,20 @@ def test_gp_search_stacks_candidates_and_scores_finalists_sequentially(tmp_path)
         alone = worker.evaluate(e["policy"], e["batches"], e["sequential"])
         assert alone["loss"] == pytest.approx(results[e["id"]]["loss"], rel=1e-4), e["policy"]["metric"]
         assert alone["masks"] == results[e["id"]]["masks"]
+
+
+def test_a_converged_allocation_phase_gives_its_time_back_to_the_metric_search(tmp_path):
+    """Under 2:4 evolution only picks the weight update and is done in seconds; the metric search
+    then goes on until the allocation phase's deadline instead of leaving the time idle."""
+    proc = _start(["search", "--model", "stories260K", "--pattern", "2:4", "--strategies", "gp,evo", "--budget", "70s",
+                   "--calib-windows", "16", "--proxy-windows", "8", "--eval-windows", "16", "--top-k", "1",
+                   "--baselines", "sparsegpt", "--out", "runs/nm"], tmp_path)
+    text, _ = proc.communicate(timeout=200)
+    assert proc.returncode == 0, text
+    journal = tmp_path / "runs" / "nm" / "journal.jsonl"
+    phases = [(e["event"], e["phase"]) for e in _journal(journal) if e["event"] in ("phase_start", "phase_end")]
+    assert phases[:6] == [("phase_start", "metric"), ("phase_end", "metric"), ("phase_start", "allocation"),
+                          ("phase_end", "allocation"), ("phase_start", "metric"), ("phase_end", "metric")]
+    events = _journal(journal)
+    back = next(i for i, e in enumerate(events) if (e["event"], e.get("phase")) == ("phase_end", "allocation"))
+    assert any(e["event"] == "submit" and e["strategy"] == "gp" for e in events[back:])

@@ -9,6 +9,7 @@ import os
 def quiet_libraries() -> None:
     """Keep third-party progress bars and advice out of the command's own output."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # a search sends its INFO lines to its log file
     from transformers.utils import logging
 
     logging.set_verbosity_error()

@@ -1,50 +1,94 @@
-"""``autoprune leaderboard``: the best policies recorded in MLflow."""
+"""``autoprune leaderboard``: the searches' rankings, from MLflow, the validated winner first."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import sys
 
 from autoprune.commands import quiet_libraries
+
+UPDATES = {"none": "-", "sparsegpt": "sgpt", "admm": "admm", "": ""}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("leaderboard", help="the best policies found so far, from MLflow",
-                       description="The best full-fidelity candidates by proxy loss, with their validated perplexity.")
+                       description="The validated candidates and recipes by selection perplexity (each search's "
+                                   "winner marked *), then the other full-fidelity candidates by proxy loss.")
     p.add_argument("--experiment", help="one search's experiment (default: every autoprune experiment)")
     p.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db", help="MLflow tracking URI "
                                                                           "(default: sqlite:///runs/mlflow.db)")
     p.add_argument("--top", type=int, default=10, help="rows (default: 10)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--wide", action="store_true", help="full expressions and allocations (wrapped)")
+    out.add_argument("--json", action="store_true", help="the rows as JSON")
+    out.add_argument("--csv", action="store_true", help="the rows as CSV")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
-    from rich.console import Console
-    from rich.table import Table
+    from autoprune.errors import UserError
+    from autoprune.tracking import baselines, leaderboard, open_store
 
-    from autoprune.tracking import baselines, check_uri, leaderboard
-
-    uri = check_uri(args.tracking_uri)
+    if args.top <= 0:
+        raise UserError(f"--top must be positive, got {args.top}")
+    uri = open_store(args.tracking_uri)
     rows = leaderboard(uri, args.experiment, args.top)
-    table = Table(title=f"autoprune leaderboard ({args.tracking_uri})")
-    for col in ("#", "search", "candidate", "strategy", "expression", "allocation", "proxy loss", "sparsity",
-                "eval ppl"):
-        table.add_column(col, justify="right" if col in ("#", "candidate", "proxy loss", "sparsity", "eval ppl")
-                         else "left", overflow="fold")
-    for i, r in enumerate(rows, 1):
-        ppl = r["eval_perplexity"]
-        table.add_row(str(i), r["search"], str(r["candidate"]), r["strategy"], r["expression"], r["allocation"],
-                      f"{r['proxy_loss']:.4f}", f"{r['sparsity']:.4f}", f"{ppl:.3f}" if ppl is not None else "-")
+    if args.json:
+        print(json.dumps({"rows": rows, "recipes": baselines(uri, args.experiment)}, indent=2))
+        return 0
+    if args.csv:
+        w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["search"])
+        w.writeheader()
+        w.writerows(rows)
+        return 0
+    from rich.console import Console
+
     console = Console()
-    console.print(table if rows else "no candidates recorded yet")
+    console.print(_table(rows, args.wide, len({r["search"] for r in rows}) > 1) if rows
+                  else f"no candidates recorded yet in {args.tracking_uri}")
     searches = baselines(uri, args.experiment)
     if searches:
         console.print(_baselines_table(searches))
     return 0
 
 
+def _num(v, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _table(rows: list[dict], wide: bool, several: bool):
+    """80 columns: short names, the expression cut with an ellipsis (``--wide``: wrapped in full)."""
+    from rich import box
+    from rich.table import Table
+
+    overflow = "fold" if wide else "ellipsis"
+    t = Table(title="autoprune leaderboard (* winner; validated first)", box=box.SIMPLE_HEAD, padding=(0, 1),
+              pad_edge=False)
+    t.add_column("#", justify="right", no_wrap=True)
+    if several:
+        t.add_column("search", overflow=overflow, no_wrap=not wide, max_width=None if wide else 12)
+    t.add_column("id", justify="right", no_wrap=True)
+    t.add_column("by", no_wrap=True)
+    t.add_column("metric", overflow=overflow, no_wrap=not wide, ratio=1, min_width=8)
+    t.add_column("alloc", overflow=overflow, no_wrap=not wide, max_width=None if wide else 13)
+    t.add_column("upd", no_wrap=True)
+    t.add_column("proxy", justify="right", no_wrap=True)
+    t.add_column("select", justify="right", no_wrap=True)
+    t.add_column("eval", justify="right", no_wrap=True)
+    for i, r in enumerate(rows, 1):
+        cells = [f"{i}{'*' if r['winner'] else ''}", *([r["search"]] if several else []), str(r["candidate"]),
+                 r["strategy"], r["expression"], r["allocation"], UPDATES.get(r["update"], r["update"]),
+                 _num(r["proxy_loss"], 3), _num(r["select_perplexity"], 2), _num(r["eval_perplexity"], 2)]
+        t.add_row(*cells)
+    return t
+
+
 def _baselines_table(searches: list[dict]):
     """Each search's validated winner beside its baselines (held-out perplexity)."""
+    from rich import box
     from rich.table import Table
 
     from autoprune.search.baselines import DEFAULT
@@ -52,10 +96,12 @@ def _baselines_table(searches: list[dict]):
     # the dense model first, then the default recipes (tracked with "_" for "+")
     rank = {n: i for i, n in enumerate(["dense", *DEFAULT.replace("+", "_").split(",")])}
     cols = sorted({name for s in searches for name in s["baselines"]}, key=lambda n: (rank.get(n, len(rank)), n))
-    table = Table(title="winner and recipes (eval ppl, full protocol)")
-    for col in ("search", "winner", *(c.replace("_", "+") for c in cols)):
-        table.add_column(col, justify="left" if col == "search" else "right")
+    table = Table(title="winner and recipes (eval ppl, full protocol)", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False)
+    for col in ("search", "winner", *(c.replace("_", "+").replace("sparsegpt", "sgpt") for c in cols)):
+        table.add_column(col, justify="left" if col == "search" else "right", overflow="ellipsis",
+                         no_wrap=True, max_width=14 if col == "search" else None)
     for s in searches:
         cells = [s["baselines"].get(n) for n in cols]
-        table.add_row(s["search"], *(f"{v:.3f}" if v is not None else "-" for v in (s["winner"], *cells)))
+        table.add_row(s["search"], *(f"{v:.2f}" if v is not None else "-" for v in (s["winner"], *cells)))
     return table

@@ -43,6 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: autoprune/<out folder name>)")
+    p.add_argument("--log-candidates", help="MLflow runs per candidate: top (the validated ones, each strategy's "
+                   "best, the recipes; default), all, or none (every candidate is in the journal and "
+                   "candidates.csv either way)")
     p.add_argument("--top-k", type=int, help="candidates fully validated at the end (default: 3)")
     p.add_argument("--baselines", help="recipes validated beside the winner under the same protocol, "
                                        "method[+allocation] (wanda, sparsegpt, ... with +owl or +alpha), or none "
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             raise UserError("--model is required (unless --resume)")
         cfg = SearchConfig.from_dict(given)
-    with SearchView(cfg) as view:
+    with SearchView(cfg, started) as view:
         res = search(cfg, resume=args.resume, on_update=view.update, started=started)
     view.final(res)
     return 0
@@ -88,15 +91,23 @@ def _process_start() -> float:
 
 
 class SearchView:
-    """A live table: phase, time left, candidates per strategy, best so far, worker retries."""
+    """The live view, redrawn twice a second from the latest status: from the first second the
+    start-up step (the workers' loading, statistics and dense reference, with their progress) and
+    the time left; then per strategy the candidates and candidates per second, the phase's time
+    left, validation progress and the best so far."""
 
-    def __init__(self, cfg):
+    RATE_WINDOW = 30.0  # seconds the candidates-per-second are averaged over
+
+    def __init__(self, cfg, started: float):
         from rich.console import Console
         from rich.live import Live
 
-        self.cfg = cfg
+        self.cfg, self.started = cfg, started
+        self.status: dict | None = None
+        self.updated = started
+        self.history: list[tuple[float, dict[str, int]]] = []
         self.console = Console()
-        self.live = Live(self._table(None), console=self.console, refresh_per_second=2, transient=False)
+        self.live = Live(self, console=self.console, refresh_per_second=2, transient=False)
 
     def __enter__(self) -> "SearchView":
         self.live.__enter__()
@@ -106,28 +117,60 @@ class SearchView:
         self.live.__exit__(*exc)
 
     def update(self, status: dict) -> None:
-        self.live.update(self._table(status))
+        now = time.monotonic()
+        self.status, self.updated = dict(status), now
+        self.history.append((now, dict(status["evaluated"])))
+        while self.history and now - self.history[0][0] > self.RATE_WINDOW:
+            self.history.pop(0)
 
-    def _table(self, status: dict | None):
+    def __rich__(self):
+        from rich import box
         from rich.table import Table
 
+        now, st = time.monotonic(), self.status
         t = Table(title=f"autoprune search: {self.cfg.model} at {self.cfg.sparsity:g} ({self.cfg.pattern}), "
-                        f"budget {self.cfg.budget} -> {self.cfg.out}")
-        t.add_column("phase")
-        t.add_column("time left", justify="right")
-        t.add_column("candidates", justify="right")
-        t.add_column("best proxy loss", justify="right")
-        t.add_column("best policy")
-        t.add_column("worker retries", justify="right")
-        if status is None:
-            t.add_row("starting workers", "", "", "", "", "")
-            return t
-        best = status.get("best")
-        per = ", ".join(f"{k} {v}" for k, v in status["evaluated"].items())
-        t.add_row(status["phase"], f"{max(0.0, status.get('left', 0)):.0f}s", f"{status.get('total', 0)} ({per})",
-                  f"{best['result']['loss']:.4f}" if best else "-",
-                  _describe(best["policy"]) if best else "-", str(status.get("retried", 0)))
+                        f"budget {self.cfg.budget} -> {self.cfg.out}", box=box.SIMPLE_HEAD, show_header=False)
+        t.add_column("field", style="bold")
+        t.add_column("value")
+        left = (st["left"] - (now - self.updated)) if st else self.cfg.seconds - (now - self.started)
+        phase = st["phase"] if st else ""
+        if not phase:
+            phase = f"start-up: {self._startup(now)}"
+        elif st.get("deadline") is not None:
+            phase += f" ({max(0.0, st['deadline'] - now):.0f}s left in the phase)"
+        t.add_row("phase", phase)
+        t.add_row("time left", f"{max(0.0, left):.0f}s of {self.cfg.budget}")
+        if st:
+            rates = self._rates()
+            for name, n in st["evaluated"].items():
+                t.add_row(f"  {name}", f"{n} candidates, {rates.get(name, 0.0):.2f}/s")
+            if st.get("validations"):
+                done, planned = st["validations"]
+                t.add_row("validation", f"{done} of {planned} planned (selection, then evaluation data)")
+            best = st.get("best")
+            t.add_row("best proxy loss", f"{best['result']['loss']:.4f}  {_describe(best['policy'])}" if best else "-")
+            if st.get("retried") or st.get("replaced"):
+                t.add_row("workers", f"{st.get('replaced', 0)} replaced, {st.get('retried', 0)} jobs retried")
         return t
+
+    def _startup(self, now: float) -> str:
+        """The workers' start-up step from their progress file, else how long the start has taken."""
+        import json
+
+        from autoprune.jobs.search import STARTUP_FILE
+
+        try:
+            step = json.loads((self.cfg.out / STARTUP_FILE).read_text())
+        except (OSError, ValueError):
+            return f"starting Ray and the workers ({now - self.started:.0f}s)"
+        count = f" {step['done'] + 1}/{step['total']}" if step.get("total") else ""
+        return f"workers: {step['step']}{count} ({now - self.started:.0f}s)"
+
+    def _rates(self) -> dict[str, float]:
+        if len(self.history) < 2:
+            return {}
+        (t0, first), (t1, last) = self.history[0], self.history[-1]
+        return {k: (v - first.get(k, 0)) / max(t1 - t0, 1e-9) for k, v in last.items()}
 
     def final(self, res) -> None:
         from rich.table import Table

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import socket
 import time
@@ -28,6 +29,9 @@ JOURNAL_FILE = "journal.jsonl"
 PROGRESS_FILE = "progress.json"
 TRACKING_FILE = "tracking.json"
 BEST_FILE = "best_policy.json"
+CANDIDATES_FILE = "candidates.csv"
+STARTUP_FILE = "startup.json"  # the workers' start-up steps, for the live view
+LOG_FILE = "search.log"  # library log lines and warnings, kept out of the terminal
 SUMMARY_FILE = "summary.json"
 RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "select", "updates", "seed")
 
@@ -58,6 +62,7 @@ class SearchConfig(Config):
     gpus_per_worker: float = 0
     ray_address: str | None = None
     tracking_uri: str = "sqlite:///runs/mlflow.db"
+    log_candidates: str = "top"  # nested MLflow runs: top (validated, each strategy's best, recipes), all, none
     experiment: str | None = None  # None: autoprune/<out folder name>
     out: Path = Path("runs/search")
     top_k: int = 3
@@ -112,6 +117,10 @@ class SearchConfig(Config):
                 raise UserError(f"{self.workers} workers x {self.gpus_per_worker:g} GPUs need "
                                 f"{self.gpus_per_worker * self.workers:g} GPUs; this machine has {torch.cuda.device_count()} "
                                 "(join a cluster with --ray-address)")
+        from autoprune.tracking import LOG_MODES
+
+        if self.log_candidates not in LOG_MODES:
+            raise UserError(f"unknown log-candidates {self.log_candidates!r} (choose {', '.join(LOG_MODES)})")
         self.experiment = self.experiment or f"autoprune/{self.out.resolve().name}"
 
     @property
@@ -148,7 +157,7 @@ def worker_spec(cfg: SearchConfig) -> WorkerSpec:
                       seqlen=cfg.seqlen, batch_size=cfg.batch_size, proxy_batch=cfg.proxy_batch,
                       objective=cfg.objective, gradients="gp" in cfg.strategy_names, seed=cfg.seed,
                       device=cfg.device, dtype=cfg.dtype, threads=max(1, int(cfg.cpus_per_worker)),
-                      gpus=cfg.gpus_per_worker)
+                      gpus=cfg.gpus_per_worker, progress=str(Path(cfg.out).resolve() / STARTUP_FILE))
 
 
 def resume_config(out: Path, given: dict) -> SearchConfig:
@@ -164,7 +173,7 @@ def resume_config(out: Path, given: dict) -> SearchConfig:
             raise UserError(f"{out} was started with {k.replace('_', '-')}={getattr(old, k)!r}, not {v!r}")
     keep = {k: v for k, v in given.items()
             if k in ("budget", "workers", "ray_address", "tracking_uri", "save_model", "baselines", "per_forward",
-                     "owl_lambdas")}
+                     "owl_lambdas", "log_candidates")}
     return replace(old, **keep)
 
 
@@ -180,6 +189,26 @@ def prepare_out(cfg: SearchConfig, resume: bool) -> SearchConfig:
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(stored)
     return cfg
+
+
+LIBRARY_LOGGERS = ("mlflow", "alembic", "ray", "urllib3", "filelock", "py.warnings", "autoprune")
+
+
+def log_to_file(path: Path) -> None:
+    """Library log lines (MLflow's INFO lines among them), Python warnings and autoprune's own
+    warnings go to ``path`` in the run folder, not into the live view."""
+    import logging
+
+    import mlflow  # noqa: F401 - configures its logger when imported: replaced here
+
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.captureWarnings(True)
+    for name in LIBRARY_LOGGERS:
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.propagate = False
+        log.setLevel(logging.INFO)
 
 
 def lock(out: Path):
@@ -237,6 +266,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     cfg = prepare_out(cfg, resume)
     out = cfg.out
     held = lock(out)
+    log_to_file(out / LOG_FILE)
+    (out / STARTUP_FILE).unlink(missing_ok=True)  # a resumed search's workers start again
     journal = Journal(out / JOURNAL_FILE)
     if journal.of("done"):
         raise UserError(f"the search in {out} has finished; its policy is {out / BEST_FILE}")
@@ -253,13 +284,13 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     track = read_json(out / TRACKING_FILE) or {}
     # the store is opened while Ray and the workers start (both take seconds)
     opening = ThreadPoolExecutor(1).submit(Tracker, cfg.tracking_uri, cfg.experiment, track.get("parent_run_id"),
-                                           params=cfg.to_dict())
+                                           params=cfg.to_dict(), mode=cfg.log_candidates)
     connect_ray(cfg)
     pool = tracker = None
     try:
         pool = WorkerPool(worker_spec(cfg), cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker,
                           forward_env=cfg.ray_address is not None)
-        write_json_atomic(out / "workers.json", {"pids": pool.pids})
+        write_json_atomic(out / "workers.json", {"pids": pool.pids, "workers": pool.placement})
         tracker = opening.result()
         write_json_atomic(out / TRACKING_FILE, {"uri": cfg.tracking_uri, "experiment": cfg.experiment,
                                                 "parent_run_id": tracker.parent_run_id})
@@ -274,7 +305,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
                             top_k=cfg.top_k, on_update=update, baselines=parse_baselines(cfg.baselines),
                             per_forward=cfg.per_forward, owl_lambdas=parse_lambdas(cfg.owl_lambdas),
                             updates=cfg.update_names, validation_seconds=validation_seconds(cfg, pool.info))
-        for e in orch.entries():  # candidates an interrupted session journalled but did not log
+        for e in orch.entries():  # an interrupted session's candidates: what the store misses is logged
             tracker.log_candidate(e)
         outcome = orch.run()
         artifacts = write_results(cfg, orch, outcome)
@@ -295,7 +326,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
             counts[e["strategy"]] = counts.get(e["strategy"], 0) + 1
         tracker.finish({"best_proxy_loss": outcome.proxy_loss, "best_eval_perplexity": outcome.perplexity,
                         "best_select_perplexity": outcome.select_perplexity,
-                        "candidates": sum(counts.values()), **tracking_metrics(outcome.baselines)}, artifacts)
+                        "candidates": sum(counts.values()), **tracking_metrics(outcome.baselines)}, artifacts,
+                       runs=strategy_bests(orch.entries()), recipes=outcome.baselines, winner=winner_row(outcome))
         return SearchResult(out, outcome.best, outcome.proxy_loss, outcome.perplexity, counts, outcome.validated,
                             outcome.baselines, outcome.select_perplexity, outcome.recipe, phases,
                             budget.elapsed - session_start, pool.retried, pool.replaced)
@@ -307,6 +339,27 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
         ray.shutdown()
         journal.close()
         held.close()
+
+
+def strategy_bests(entries: list[dict], k: int | None = None) -> list[dict]:
+    """Each strategy's ``k`` best full-fidelity one-shot candidates (default ``tracking.STRATEGY_BEST``)."""
+    from autoprune.tracking import STRATEGY_BEST
+
+    by: dict[str, list[dict]] = {}
+    for e in entries:
+        if e.get("fidelity", 1.0) >= 1 and not e.get("sequential") and math.isfinite(e["result"]["loss"]):
+            by.setdefault(e["strategy"], []).append(e)
+    return [e for es in by.values() for e in sorted(es, key=lambda e: e["result"]["loss"])[:k or STRATEGY_BEST]]
+
+
+def winner_row(outcome) -> dict | None:
+    """The winner as tracking names it: a validated candidate's id and perplexities, or a recipe's row."""
+    if outcome.recipe is not None:
+        return next((r for r in outcome.baselines if r["name"] == outcome.recipe), None)
+    if outcome.best_id is None or outcome.select_perplexity is None:
+        return None
+    return {"id": outcome.best_id, "select_perplexity": outcome.select_perplexity,
+            "eval_perplexity": outcome.perplexity}
 
 
 def validation_seconds(cfg: SearchConfig, info: dict) -> tuple[float, float, float]:
@@ -357,15 +410,20 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     if entries:
-        files.append(plot_progress(entries, plots / "search_progress.png"))
+        files.append(plot_progress(entries, plots / "search_progress.png", outcome.best_id))
     ratios = [(f"#{v['id']} select ppl {v['select_perplexity']:.2f}", v["block_ratios"]) for v in outcome.validated]
-    if ratios:
-        files.append(plot_layer_ratios(ratios, plots / "layer_ratios.png"))
+    recipes = [(r["name"], r["block_ratios"]) for r in outcome.baselines if r.get("block_ratios")]
+    if ratios or recipes:
+        winner = next((label for (label, _), v in zip(ratios, outcome.validated) if v["id"] == outcome.best_id),
+                      outcome.recipe)
+        files.append(plot_layer_ratios(ratios, plots / "layer_ratios.png", winner, recipes))
     counts: dict[str, int] = {}
     for e in entries:
         counts[e["strategy"]] = counts.get(e["strategy"], 0) + 1
+    files.append(write_candidates(entries, outcome, out / CANDIDATES_FILE))
     write_json_atomic(out / SUMMARY_FILE, {
-        "config": cfg.to_dict(), "best_policy": outcome.best.to_dict(),
+        "config": cfg.to_dict(), "winner": winner_row(outcome), "ranking": ranking(outcome),
+        "best_policy": outcome.best.to_dict(),
         "best_candidate": outcome.best_id, "best_proxy_loss": outcome.proxy_loss,
         "best_select_perplexity": outcome.select_perplexity, "best_eval_perplexity": outcome.perplexity,
         "recipe_returned": outcome.recipe, "validated": outcome.validated,
@@ -373,6 +431,38 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
         "pool": {"retried": orch.pool.retried, "replaced": orch.pool.replaced}})
     files.append(out / SUMMARY_FILE)
     return files
+
+
+def ranking(outcome) -> list[dict]:
+    """Validated candidates and recipes by selection perplexity (how the winner was chosen), the
+    winner first."""
+    rows = [{"candidate": v["id"], "select_perplexity": v["select_perplexity"],
+             "eval_perplexity": v["eval_perplexity"], "proxy_loss": v["proxy_loss"]} for v in outcome.validated]
+    rows += [{"recipe": r["name"], "select_perplexity": r.get("select_perplexity"),
+              "eval_perplexity": r["perplexity"]} for r in outcome.baselines
+             if "skipped" not in r and r["name"] != "dense"]
+    return sorted(rows, key=lambda r: (r["select_perplexity"] is None, r["select_perplexity"] or 0.0))
+
+
+def write_candidates(entries: list[dict], outcome, path: Path) -> Path:
+    """Every candidate as one CSV row (the journal's content, flat): what it was, what it scored."""
+    import csv
+
+    from autoprune.tracking import short_allocation
+
+    validated = {v["id"]: v for v in outcome.validated}
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "strategy", "phase", "protocol", "fidelity", "metric", "allocation", "update", "pattern",
+                    "sparsity", "proxy_loss", "seconds", "select_perplexity", "eval_perplexity", "winner", "error"])
+        for e in entries:
+            p, r, v = e["policy"], e["result"], validated.get(e["id"], {})
+            w.writerow([e["id"], e["strategy"], e["phase"], "sequential" if e.get("sequential") else "one-shot",
+                        f"{e.get('fidelity', 1.0):.3g}", p["metric"], short_allocation(p), p["update"], p["pattern"],
+                        f"{r['sparsity']:.5f}", f"{r['loss']:.6g}", f"{r['seconds']:.3f}",
+                        v.get("select_perplexity", ""), v.get("eval_perplexity") or "",
+                        "yes" if e["id"] == outcome.best_id and outcome.recipe is None else "", r.get("error") or ""])
+    return path
 
 
 def export_metric(metric: str, stem: Path) -> list[Path]:

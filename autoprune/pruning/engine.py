@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -85,17 +86,24 @@ def _device(model: nn.Module) -> torch.device:
 GRADIENT_TOKENS = 4096  # calibration tokens the gradient statistic G is averaged over (a backward pass per window)
 
 
+Report = Callable[[str, int, int], None]  # (step, done, total): progress of a long step
+
+
 def collect_stats(model: nn.Module, windows: Tensor, hessian: bool = False, gradients: bool = False,
-                  batch_size: int = 8, progress: bool = True, router_weighted: bool = False) -> CalibrationStats:
+                  batch_size: int = 8, progress: bool = True, router_weighted: bool = False,
+                  report: Report | None = None) -> CalibrationStats:
     """One-shot statistics of the dense model on ``windows`` (n, seqlen); G on the first
     ``GRADIENT_TOKENS`` of them."""
     t0 = time.perf_counter()
     linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
     dev = _device(model)
+    batches = windows.split(batch_size)
     with torch.no_grad(), StatsCollector(linears, hessian=hessian, router_weighted=router_weighted) as col:
-        for batch in tqdm(windows.split(batch_size), desc="statistics", disable=not progress, leave=False):
+        for i, batch in enumerate(tqdm(batches, desc="statistics", disable=not progress, leave=False)):
+            if report is not None:
+                report("statistics", i, len(batches))
             model(batch.to(dev), use_cache=False)
-    grads = collect_gradients(model, gradient_windows(windows), batch_size, progress) if gradients else None
+    grads = collect_gradients(model, gradient_windows(windows), batch_size, progress, report) if gradients else None
     return CalibrationStats(col.stats, grads, len(windows), time.perf_counter() - t0)
 
 
@@ -103,7 +111,8 @@ def gradient_windows(windows: Tensor) -> Tensor:
     return windows[:max(1, min(len(windows), GRADIENT_TOKENS // windows.shape[1]))]
 
 
-def collect_gradients(model: nn.Module, windows: Tensor, batch_size: int = 8, progress: bool = True) -> dict[str, Tensor]:
+def collect_gradients(model: nn.Module, windows: Tensor, batch_size: int = 8, progress: bool = True,
+                      report: Report | None = None) -> dict[str, Tensor]:
     """G = sqrt(mean over windows of (dL/dW)^2) for every prunable unit (L: mean token NLL)."""
     linears = {n: lin for bl in blocks_linears(model) for n, lin in bl.items()}
     sq = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in linears.items()}
@@ -116,7 +125,9 @@ def collect_gradients(model: nn.Module, windows: Tensor, batch_size: int = 8, pr
         p.requires_grad_(True)
     try:
         with torch.enable_grad():
-            for window in tqdm(windows.split(1), desc="gradients", disable=not progress, leave=False):
+            for i, window in enumerate(tqdm(windows.split(1), desc="gradients", disable=not progress, leave=False)):
+                if report is not None:
+                    report("gradients", i, len(windows))
                 window = window.to(dev)
                 model(window, labels=window, use_cache=False).loss.backward()
                 for n, lin in linears.items():

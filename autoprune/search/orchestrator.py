@@ -224,14 +224,22 @@ class Orchestrator:
                 continue
             self._phase(phase)
             self._log({"event": "phase_end", "phase": phase})
+        # allocation strategies that converged early (under N:M evolution only picks the update) leave
+        # their time to the metric search, which goes on until the allocation phase's deadline
+        has = [any(in_phase(n, p) for n in self.names) for p in PHASES]
+        if all(has) and self._deadline(self.ends["allocation"]) - time.monotonic() > max(5.0, 3 * self.cost):
+            self._phase("metric", until="allocation")
+            self._log({"event": "phase_end", "phase": "metric"})
         return self.validate()
 
-    def _phase(self, phase: str) -> None:
-        self.status["phase"] = phase
+    def _phase(self, phase: str, until: str | None = None) -> None:
+        """Run ``phase``'s strategies until that phase's deadline (or ``until``'s)."""
+        self.status["phase"] = phase if until is None else f"{phase} (until the {until} deadline)"
         self._log({"event": "phase_start", "phase": phase})
         strategies = self._build(phase)
         rerun = self._restore(phase, strategies)
-        deadline = self._deadline(self.ends[phase])
+        deadline = self._deadline(self.ends[until or phase])
+        self.status["deadline"] = deadline
         inflight: dict[int, tuple[str, Candidate, float]] = {}
         order = list(strategies)
         turn = 0
@@ -354,7 +362,7 @@ class Orchestrator:
         return out
 
     def _update(self) -> None:
-        best = self.best_entries(1)
+        best = self.best_entries(1, sequential_first=False)
         self.status.update(best=best[0] if best else None, retried=self.pool.retried, replaced=self.pool.replaced,
                            left=self.budget.left, total=len(self.journal.of("result")))
         self.on_update(self.status)
@@ -427,6 +435,8 @@ class Orchestrator:
 
         running: set = set()
         end = self._deadline(1.0)
+        planned = len(first) + (len(self.recipes) + 2 if self.recipes else 1)  # selections, then reports
+        self.status.update(deadline=end, validations=(len(selected) + len(reported), planned))
         while time.monotonic() < end:
             while self.pool.free > 0:
                 job = next_job(running)
@@ -448,8 +458,9 @@ class Orchestrator:
                     event = {"event": "baseline", "name": key} if isinstance(key, str) else {"event": "validate", "id": key}
                     self._log({**event, "result": res})
                     selected[key] = res
+                self.status["validations"] = (len(selected) + len(reported), max(planned, len(selected) + len(reported)))
                 if self.tracker is not None and "error" not in res and isinstance(key, int):
-                    self.tracker.log_validation(key, {f"{split}_perplexity": res["perplexity"]})
+                    self.tracker.log_validation(self._entry(key), {f"{split}_perplexity": res["perplexity"]})
             self._update()
         if running:
             self.pool.abandon(replace=False)  # the search is over: no new workers

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoprune.errors import UserError
+from autoprune.search.journal import write_json_atomic
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,6 +55,7 @@ class WorkerSpec:
     dtype: str = "auto"
     threads: int = 1
     gpus: float = 0  # above 1: the model is spread over the worker's GPUs (accelerate's device map)
+    progress: str | None = None  # a JSON file the start-up steps are written to, for the live view
 
 
 def _by_ratio(policy: Policy) -> bool:
@@ -81,17 +83,30 @@ class ProxyWorker:
 
         torch.set_num_threads(max(1, spec.threads))
         self.spec = spec
+        t0 = time.monotonic()
+
+        def report(step: str, done: int = 0, total: int = 0) -> None:
+            try:  # best effort: on another node of a cluster the run folder may not exist
+                if spec.progress:
+                    write_json_atomic(Path(spec.progress), {"step": step, "done": done, "total": total,
+                                                            "seconds": round(time.monotonic() - t0, 1)})
+            except OSError:
+                pass
+
+        report("loading the model")
         self.lm = load_model(spec.model, spec.dtype, spec.device, spread=spec.gpus > 1)
         self.calib = calibration_windows(self.lm.tokenizer, spec.calib, spec.calib_windows, spec.seqlen, spec.seed)
         stats = collect_stats(self.lm.model, self.calib, hessian=spec.hessian, gradients=spec.gradients,
-                              batch_size=spec.batch_size, progress=False)
+                              batch_size=spec.batch_size, progress=False, report=report)
         # proxy windows: a second draw from the calibration set, apart from the statistics' windows
         proxy = calibration_windows(self.lm.tokenizer, spec.calib, spec.proxy_windows, spec.seqlen, spec.seed + 1)
-        t0 = time.perf_counter()
+        report("dense reference")
+        t1 = time.perf_counter()
         self.evaluator = ProxyEvaluator(self.lm.model, stats, proxy, spec.objective, spec.batch_size,
                                         proxy_batch=spec.proxy_batch, calib_windows=self.calib,
                                         reference_top=spec.reference_top)
-        self.window_seconds = (time.perf_counter() - t0) / len(proxy)  # one dense forward of one window
+        report("ready")
+        self.window_seconds = (time.perf_counter() - t1) / len(proxy)  # one dense forward of one window
         self._windows: dict[str, torch.Tensor] = {}  # "select" and "eval", made when first needed
         self._pruned: dict[str, dict] = {}  # the last validated policies' pruned weights, for their reports
         self._ratio = None  # RatioProxy of the metric whose allocations are being searched
@@ -103,10 +118,16 @@ class ProxyWorker:
             return {"error": self.error}
         from autoprune.models import decoder_blocks, prunable_linears
 
+        import socket
+
+        import ray
+
         _, blocks = decoder_blocks(self.lm.model)
         sizes = [{n: lin.weight.numel() for n, lin in prunable_linears(b).items()} for b in blocks]
+        devices = sorted({str(p.device) for p in self.lm.model.parameters()})
         return {"error": None, "pid": os.getpid(), "block_sizes": sizes, "max_batches": self.evaluator.max_batches,
-                "per_forward": self.evaluator.suggested_per_forward(), "window_seconds": self.window_seconds}
+                "per_forward": self.evaluator.suggested_per_forward(), "window_seconds": self.window_seconds,
+                "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(), "device": ",".join(devices)}
 
     def evaluate(self, policy: dict, batches: int | None = None, sequential: bool = False) -> dict:
         """Proxy-evaluate one policy. Explicit allocations of one metric go through a
@@ -354,6 +375,7 @@ class WorkerPool:
             raise UserError(errors[0])
         self.info = infos[0]
         self.pids = [i["pid"] for i in infos]
+        self.placement = [{k: i[k] for k in ("pid", "host", "node", "device")} for i in infos]
 
     def damage(self, policy: dict) -> RemoteDamage:
         """A block-damage oracle for allocations of ``policy``'s metric on one of these workers."""
