@@ -1,17 +1,20 @@
-"""Discovered metrics out to other tools: a JSON tree, a standalone PyTorch function, LaTeX.
+"""Discovered metrics and policies out to other tools: JSON, a standalone PyTorch module, LaTeX.
 
 A metric file is data: ``load_metric`` reads JSON (an ``expression`` string, a ``tree``, or a
 policy's ``metric``) or a bare expression, and parses it against the whitelist; nothing is
-ever evaluated as code.
+ever evaluated as code. Exported from a policy file, every format carries the whole policy:
+the metric, the allocation with its per-block and per-linear ratios, the pattern and the update.
 """
 
 from __future__ import annotations
 
 import json
+import pprint
 from pathlib import Path
 
 from autoprune.errors import UserError
 from autoprune.pruning.expression import ARITY, NAMED_FORMS, TERMINALS, Expr, const, parse
+from autoprune.pruning.policy import Policy
 from autoprune.pruning.simplify import rank_form
 
 FORMATS = ("json", "python", "latex")
@@ -41,10 +44,30 @@ def from_tree(d, depth: int = 0) -> Expr:
     raise UserError(f"metric tree: unknown or malformed node {json.dumps(d)[:80]}")
 
 
-def to_json(e: Expr, meta: dict | None = None) -> str:
-    return json.dumps({"format": FILE_FORMAT, "version": 1, "expression": str(e), "rank_form": str(rank_form(e)),
-                       "uses_gradients": "G" in e.terminals, "tree": to_tree(e), "meta": meta or {}},
-                      indent=2) + "\n"
+def to_json(e: Expr, meta: dict | None = None, policy: Policy | None = None) -> str:
+    d = {"format": FILE_FORMAT, "version": 1, "expression": str(e), "rank_form": str(rank_form(e)),
+         "uses_gradients": "G" in e.terminals, "tree": to_tree(e), "meta": meta or {}}
+    if policy is not None:
+        d["policy"] = policy.to_dict()
+    return json.dumps(d, indent=2) + "\n"
+
+
+def load_policy(spec: str) -> Policy | None:
+    """The policy in ``spec`` when it is a policy file (``best_policy.json``, a pruned folder's
+    ``autoprune_policy.json``), else None."""
+    path = Path(spec)
+    if not path.is_file() or path.suffix != ".json":
+        return None
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not {"metric", "sparsity", "allocation"} <= set(data):
+        return None
+    try:
+        return Policy.from_dict(data)
+    except (TypeError, UserError) as e:
+        raise UserError(f"{spec}: invalid policy ({e})") from None
 
 
 def load_metric(spec: str) -> Expr:
@@ -118,8 +141,34 @@ _PY_OPS = {
 }
 
 
-def to_python(e: Expr, name: str = "metric") -> str:
-    """Source of a standalone module: ``metric(W, X, G=None)`` with torch only, same protected ops."""
+_PY_INPUTS = '''
+
+def X_from_wanda(scaler_row, seqlen):
+    """X from the statistic Wanda's code keeps (``WrappedGPT.scaler_row``: the sum over a window's
+    tokens of x_j^2, averaged over windows): X_j = sqrt(scaler_row_j / seqlen). Wanda's own
+    |W| sqrt(scaler_row) is sqrt(seqlen) times |W| X, which ranks the same; any other metric needs
+    this X to rank as it did in autoprune."""
+    return (scaler_row.float() / seqlen).sqrt()
+
+
+def _check(W, X, G, needs_g, needs_h, Hd, Hi):
+    if W.dim() != 2:
+        raise ValueError(f"W is one layer's weight (out, in), got shape {tuple(W.shape)}")
+    if X.dim() != 1 or X.shape[0] != W.shape[1] or bool((X < 0).any()):
+        raise ValueError("X is the root-mean-square of the layer's input over calibration tokens, one value per "
+                         f"input channel: shape ({W.shape[1]},), non-negative (Wanda's scaler_row: X_from_wanda)")
+    if needs_g and (G is None or G.shape != W.shape):
+        raise ValueError("G is the root-mean-square over calibration windows of dL/dW (L: mean token NLL), shaped like W")
+    if needs_h and (Hd is None or Hi is None or Hd.shape != X.shape or Hi.shape != X.shape):
+        raise ValueError("Hd and Hi are (in,): diag(H + damp) of H = 2/n XX^T, and diag of the upper Cholesky "
+                         "factor of (H + damp)^-1, damp = 0.01 mean(diag H) as SparseGPT damps")
+'''
+
+
+def to_python(e: Expr, name: str = "metric", policy: Policy | None = None) -> str:
+    """Source of a standalone module: ``metric(W, X, G=None, Hd=None, Hi=None)`` with torch only,
+    the same protected operations, its inputs stated and checked, an adapter from Wanda's
+    statistic, and (from a policy) ``POLICY`` and ``ratio(block, linear)``."""
     lines: list[str] = []
 
     def emit(x: Expr) -> str:
@@ -135,23 +184,41 @@ def to_python(e: Expr, name: str = "metric") -> str:
     out = emit(e)
     uses_g = "G" in e.terminals
     uses_h = bool(e.terminals & {"Hd", "Hi"})
-    guard = '    if G is None:\n        raise ValueError("this metric needs the gradient statistic G")\n' if uses_g else ""
-    guard += ('    if Hd is None or Hi is None:\n        raise ValueError("this metric needs diag(H) and diag(chol(H^-1))")\n'
-              if uses_h else "")
     g_line = "    G = G.float().to(W.device)\n" if uses_g else ""
     g_line += ("    Hd = Hd.float().to(W.device).view(1, -1)\n    Hi = Hi.float().to(W.device).view(1, -1)\n"
                if uses_h else "")
-    return (f'"""Pruning metric exported by autoprune: {e}\n\nscore = f(W, X, G); compare scores within each '
-            f'output row (or N:M group) and keep the highest.\n"""\n\n{_PY_PRELUDE}\n\n'
+    doc = (f'"""Pruning metric exported by autoprune: {e}\n\nscore = f(W, X, G); in each output row (or N:M group) '
+           f'the lowest scores are pruned.\n')
+    tail = ""
+    if policy is not None:
+        doc += (f"\nThe policy it belongs to (POLICY): sparsity {policy.sparsity:g}, pattern {policy.pattern}, "
+                f"allocation {policy.allocation}, update {policy.update}\n(none: the mask only; sparsegpt / admm: "
+                "the kept weights reconstructed from the layer's Hessian, see autoprune).\n")
+        tail = "\n\nPOLICY = " + pprint.pformat(policy.to_dict(), width=100, sort_dicts=False) + "\n\n\n" + _PY_RATIO
+    return (doc + '"""\n\n' + _PY_PRELUDE + _PY_INPUTS + "\n\n"
             f'def {name}(W, X, G=None, Hd=None, Hi=None):\n'
-            f'    """W (out, in) weight, X (in,) activation norm per input channel, G (out, in) RMS gradient,\n'
-            f'    Hd (in,) diagonal of the Hessian 2/n XX^T, Hi (in,) diagonal of the upper Cholesky factor of its inverse."""\n'
-            f'{guard}    W = W.float()\n    X = X.float().to(W.device).view(1, -1)\n{g_line}'
-            + "\n".join(lines) + ("\n" if lines else "") + f"    return {out}.expand(W.shape)\n")
+            f'    """W (out, in) weight; X (in,) RMS of the layer input over calibration tokens (see X_from_wanda);\n'
+            f'    G (out, in) RMS over windows of dL/dW; Hd, Hi (in,) Hessian diagonals (see _check)."""\n'
+            f'    _check(W, X, G, {uses_g}, {uses_h}, Hd, Hi)\n    W = W.float()\n    X = X.float().to(W.device).view(1, -1)\n'
+            f'{g_line}' + "\n".join(lines) + ("\n" if lines else "") + f"    return {out}.expand(W.shape)\n" + tail)
 
 
-_LATEX_UNARY = {"abs": r"\left|{0}\right|", "sqr": r"\left({0}\right)^{{2}}", "sqrt": r"\sqrt{{{0}}}",
-                "log": r"\log\left({0}\right)", "exp": r"\exp\left({0}\right)", "tanh": r"\tanh\left({0}\right)",
+_PY_RATIO = '''def ratio(block, linear):
+    """The fraction of ``linear``'s weights (its name within the block, e.g. "mlp.down_proj") that
+    block ``block`` prunes under POLICY: its own layer ratio, else its block's. Allocations that are
+    not explicit (uniform, owl, alpha) are computed from the model; uniform is the sparsity."""
+    if POLICY["allocation"] == "uniform":
+        return POLICY["sparsity"]
+    if POLICY["block_ratios"] is None:
+        raise ValueError(f"allocation {POLICY['allocation']!r} is computed from the model: apply it with autoprune")
+    own = (POLICY["layer_ratios"] or [{}] * len(POLICY["block_ratios"]))[block]
+    return next((r for name, r in own.items() if linear == name or linear.endswith("." + name)),
+                POLICY["block_ratios"][block])
+'''
+
+
+_LATEX_UNARY = {"abs": r"\left|{0}\right|", "sqr": r"\left({0}\right)^{{2}}", "sqrt": r"\sqrt{{\left|{0}\right|}}",
+                "log": r"\log\left(\left|{0}\right| + \epsilon\right)", "exp": r"\exp\left({0}\right)", "tanh": r"\tanh\left({0}\right)",
                 "sigmoid": r"\sigma\left({0}\right)", "mms": r"\operatorname{{mms}}\left({0}\right)",
                 "zscore": r"\operatorname{{zscore}}\left({0}\right)", "rowsum": r"\textstyle\sum_{{\mathrm{{row}}}}\left({0}\right)",
                 "colsum": r"\textstyle\sum_{{\mathrm{{col}}}}\left({0}\right)"}
@@ -178,11 +245,30 @@ def to_latex(e: Expr) -> str:
     return tex(e)
 
 
-def export_metric(e: Expr, fmt: str, meta: dict | None = None) -> str:
+LATEX_NOTE = ("% protected as computed: epsilon = 1e-8; a zero denominator becomes +-epsilon; exp's argument "
+              "is clamped at 80;\n% mms and zscore add epsilon to their denominators; X is the RMS of the layer "
+              "input per channel\n")
+
+
+def latex_policy(policy: Policy) -> str:
+    """The rest of a policy, as LaTeX comments under its formula."""
+    lines = [f"% sparsity {policy.sparsity:g}, pattern {policy.pattern}, update {policy.update}, "
+             f"allocation {policy.allocation}"]
+    if policy.allocation == "owl":
+        lines[0] += f" (lambda {policy.owl_lambda:g}, M {policy.owl_m:g})"
+    if policy.block_ratios is not None:
+        lines.append("% block ratios: " + ", ".join(f"{r:.4f}" for r in policy.block_ratios))
+    for i, own in enumerate(policy.layer_ratios or ()):
+        if own:
+            lines.append(f"% block {i}: " + ", ".join(f"{n} {r:.4f}" for n, r in own))
+    return "\n".join(lines) + "\n"
+
+
+def export_metric(e: Expr, fmt: str, meta: dict | None = None, policy: Policy | None = None) -> str:
     if fmt == "json":
-        return to_json(e, meta)
+        return to_json(e, meta, policy)
     if fmt == "python":
-        return to_python(e)
+        return to_python(e, policy=policy)
     if fmt == "latex":
-        return to_latex(e) + "\n"
+        return to_latex(e) + "\n" + LATEX_NOTE + (latex_policy(policy) if policy is not None else "")
     raise UserError(f"unknown export format {fmt!r} (choose {', '.join(FORMATS)})")

@@ -137,6 +137,8 @@ class Tracker:
         self.run_ids: dict[int | str, str] = self._logged()  # candidate id or recipe name -> run id
         self._steps = self._curve_steps()  # curve -> last step in the store (resume logs no point twice)
         self._curves: dict[str, dict] = {}  # strategy (and "all") -> {"n", "best", "t", "n_at_t"}
+        self._points: list[tuple[str, float, int]] = []  # curve points not yet written
+        self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._write, daemon=True)
         self._thread.start()
@@ -176,7 +178,11 @@ class Tracker:
                 c["t"], c["n_at_t"] = t, c["n"]
         points = [p for p in points if p[2] > self._steps.get(p[0], -1)]
         if points and self.mode != "none":
-            self._queue.put(("curve", points))
+            with self._lock:
+                signal = not self._points  # the writer takes every point queued so far in one batch
+                self._points += points
+            if signal:
+                self._queue.put(("curve", None))
         if self.mode == "all" and entry["id"] not in self.run_ids:
             self._queue.put(("candidate", (entry, {}, {})))
 
@@ -190,7 +196,10 @@ class Tracker:
             kind, item = self._queue.get()
             try:
                 if kind == "curve":
-                    self._curve(item)
+                    with self._lock:
+                        points, self._points = self._points, []
+                    for i in range(0, len(points), 1000):  # MLflow's batch limit
+                        self._curve(points[i:i + 1000])
                 elif kind == "candidate":
                     self._write_candidate(*item)
                 elif kind == "recipe":

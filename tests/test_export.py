@@ -37,6 +37,12 @@ def test_json_round_trip(text, tmp_path):
     assert json.loads(path.read_text())["meta"] == {"pattern": "2:4"}
 
 
+def test_latex_is_what_the_code_computes():
+    assert to_latex(parse("log(W)")) == r"\log\left(\left|W\right| + \epsilon\right)"
+    assert to_latex(parse("sqrt(mul(W, X))")) == r"\sqrt{\left|W \cdot X\right|}"
+    assert "epsilon = 1e-8" in export_metric(parse("log(W)"), "latex")
+
+
 def test_latex():
     assert to_latex(parse("mul(abs(W), X)")) == r"\left|W\right| \cdot X"
     assert to_latex(parse("mul(sqr(W), mms(G))")) == r"\left(W\right)^{2} \cdot \operatorname{mms}\left(G\right)"
@@ -92,3 +98,85 @@ def test_prune_with_a_metric_file(tmp_path, stories):
     bad = tmp_path / "bad.json"
     bad.write_text('{"expression": "evil(W)"}')
     assert main(args[:-1] + [str(tmp_path / "other"), "--metric", str(bad)]) == 2
+
+
+def _wanda_scaler_row(inputs: list[torch.Tensor]) -> torch.Tensor:
+    """``WrappedGPT.add_batch`` of the Wanda authors' code (locuslab/wanda, lib/layerwrapper.py),
+    on a linear layer's inputs, batch by batch."""
+    scaler_row, nsamples = torch.zeros(inputs[0].shape[-1]), 0
+    for inp in inputs:
+        tmp = inp.shape[0]
+        inp = inp.reshape((-1, inp.shape[-1])).t().float()
+        scaler_row *= nsamples / (nsamples + tmp)
+        nsamples += tmp
+        scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / nsamples
+    return scaler_row
+
+
+@pytest.mark.parametrize("text", ["mul(abs(W), X)", "add(abs(W), X)", NAMED_FORMS["ria"]])
+def test_exported_metric_in_wanda_s_prune_loop_gives_autoprune_s_masks(text, stories, calib):
+    """A Wanda-style caller (``prune_wanda``: W_metric from the layer's scaler_row, sorted per row,
+    the lowest int(cols * sparsity) pruned) with the exported module and its X_from_wanda adapter
+    prunes exactly the weights autoprune prunes."""
+    import copy
+
+    from autoprune.pruning.engine import blocks_linears, prune_linear
+    from autoprune.pruning.policy import Policy
+    from autoprune.pruning.stats import StatsCollector
+
+    model = copy.deepcopy(stories.model)
+    name, unit = next(iter(blocks_linears(model)[1].items()))
+    inputs: list[torch.Tensor] = []
+    hook = unit.module.register_forward_hook(lambda _m, inp, _out: inputs.append(inp[0].detach()))
+    with torch.no_grad(), StatsCollector({name: unit}) as col:
+        for batch in calib.split(4):
+            model(batch, use_cache=False)
+    hook.remove()
+    namespace: dict = {}
+    exec(compile(to_python(parse(text)), "<exported>", "exec"), namespace)
+    W = unit.weight.clone()
+    X = namespace["X_from_wanda"](_wanda_scaler_row(inputs), calib.shape[1])
+    W_metric = namespace["metric"](W, X)
+    sort_res = torch.sort(W_metric, dim=-1, stable=True)
+    W_mask = torch.zeros_like(W_metric, dtype=torch.bool)
+    W_mask.scatter_(1, sort_res[1][:, :int(W_metric.shape[1] * 0.5)], True)
+    prune_linear(unit, 0.5, Policy(metric=text, sparsity=0.5), col.stats[name], None)
+    assert torch.equal(W_mask, unit.weight == 0)
+    if text == "add(abs(W), X)":  # Wanda's own statistic, unadapted, ranks this metric differently
+        raw = namespace["metric"](W, _wanda_scaler_row(inputs).sqrt())
+        wrong = torch.zeros_like(W_mask).scatter_(1, torch.sort(raw, dim=-1, stable=True)[1][:, :W.shape[1] // 2], True)
+        assert not torch.equal(wrong, W_mask)
+
+
+def test_python_export_states_and_checks_its_inputs():
+    namespace: dict = {}
+    exec(compile(to_python(parse("mul(abs(W), G)")), "<exported>", "exec"), namespace)
+    W = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="root-mean-square of the layer's input"):
+        namespace["metric"](W, torch.rand(4))
+    with pytest.raises(ValueError, match="dL/dW"):
+        namespace["metric"](W, torch.rand(8))
+
+
+def test_a_policy_exports_whole_in_every_format(tmp_path, capsys):
+    from autoprune.pruning.policy import Policy
+
+    policy = Policy(metric="mul(sqr(W), X)", sparsity=0.6, allocation="explicit", block_ratios=(0.5, 0.6, 0.7),
+                    layer_ratios=[{}, {"mlp.down_proj": 0.4}, {}], update="admm")
+    path = tmp_path / "best_policy.json"
+    policy.save(path)
+    assert main(["export", str(path), "--format", "json"]) == 0
+    assert Policy.from_dict(json.loads(capsys.readouterr().out)["policy"]) == policy
+    assert main(["export", str(path), "--format", "python"]) == 0
+    namespace: dict = {}
+    exec(compile(capsys.readouterr().out, "<exported>", "exec"), namespace)
+    assert namespace["POLICY"]["update"] == "admm" and namespace["POLICY"]["pattern"] == "unstructured"
+    assert namespace["ratio"](1, "mlp.down_proj") == 0.4 and namespace["ratio"](2, "self_attn.q_proj") == 0.7
+    assert main(["export", str(path), "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert "update admm" in tex and "block ratios: 0.5000, 0.6000, 0.7000" in tex and "mlp.down_proj 0.4000" in tex
+    Policy.from_method("sparsegpt", 0.5).save(path)
+    assert main(["export", str(path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["policy"]["update"] == "sparsegpt"
+    assert main(["export", str(path), "--format", "python"]) == 2
+    assert "not a score" in capsys.readouterr().err

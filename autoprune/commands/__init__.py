@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def quiet_libraries() -> None:
-    """Keep third-party progress bars and advice out of the command's own output."""
+    """Keep third-party progress bars and advice out of the command's own output (set before the
+    libraries are imported: a command that needs none of them does not pay for importing them)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # a search sends its INFO lines to its log file
-    from transformers.utils import logging
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
 
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -63,9 +63,19 @@ def run(args: argparse.Namespace) -> int:
     if args.format in POLICY_FORMATS:
         text = _export_policy(args)
     else:
-        from autoprune.export import export_metric, load_metric
+        import json
 
-        text = export_metric(load_metric(args.metric), args.format)
+        from autoprune.errors import UserError
+        from autoprune.export import export_metric, load_metric, load_policy
+
+        policy = load_policy(args.metric)
+        if policy is not None and policy.metric == "sparsegpt":  # SparseGPT's OBS mask: a solver, not a score
+            if args.format != "json":
+                raise UserError(f"{args.metric}: metric 'sparsegpt' is SparseGPT's OBS solver, not a score; "
+                                "export the policy with --format json or llmcompressor")
+            text = json.dumps({"format": "autoprune-policy", "version": 1, "policy": policy.to_dict()}, indent=2) + "\n"
+        else:
+            text = export_metric(load_metric(args.metric), args.format, policy=policy)
     if args.out is None:
         sys.stdout.write(text)
     else:

@@ -405,7 +405,7 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     best = replace(outcome.best, meta=meta)
     best.save(out / BEST_FILE)
     files.append(out / BEST_FILE)
-    files += export_metric(best.metric, out / "metric")
+    files += export_metric(best, out / "winner")
     entries = orch.entries()
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
@@ -465,18 +465,19 @@ def write_candidates(entries: list[dict], outcome, path: Path) -> Path:
     return path
 
 
-def export_metric(metric: str, stem: Path) -> list[Path]:
-    """The best metric in every format of ``autoprune.export`` (json, python, latex); none for the
-    OBS solver's ``sparsegpt``, which is not a score."""
+def export_metric(policy: Policy, stem: Path) -> list[Path]:
+    """The best policy in every format of ``autoprune.export`` (json, python, latex), each with the
+    whole policy; none for the OBS solver's ``sparsegpt``, which is not a score (best_policy.json
+    holds it)."""
     from autoprune.export import FORMATS, export_metric as render, load_metric
 
-    if metric == "sparsegpt":
+    if policy.metric == "sparsegpt":
         return []
-    expr = load_metric(metric)
+    expr = load_metric(policy.metric)
     suffix = {"json": ".json", "python": ".py", "latex": ".tex"}
     paths = []
     for fmt in FORMATS:
         path = stem.with_suffix(suffix.get(fmt, "." + fmt))
-        path.write_text(render(expr, fmt, {"metric": metric}))
+        path.write_text(render(expr, fmt, {"metric": policy.metric}, policy))
         paths.append(path)
     return paths
