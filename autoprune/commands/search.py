@@ -53,6 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("--owl-lambdas", help="OWL lambdas of the recipes, tuned on the selection split "
                                          "(default: 0.05,0.1,0.15,0.2)")
     p.add_argument("--reference-top", type=int, help="dense tokens per position the KL proxy keeps (default: 256)")
+    p.add_argument("--spaces", help="a folder of search space files (gp.yaml, evo.yaml, ...) overriding the "
+                   "packaged ones, file by file; the resolved spaces are stored with the run")
     p.add_argument("--out", type=Path, help="run folder (default: runs/search)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     p.add_argument("--save-model", action="store_true", help="also save the pruned model (save_pretrained)")

@@ -33,7 +33,7 @@ CANDIDATES_FILE = "candidates.csv"
 STARTUP_FILE = "startup.json"  # the workers' start-up steps, for the live view
 LOG_FILE = "search.log"  # library log lines and warnings, kept out of the terminal
 SUMMARY_FILE = "summary.json"
-RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "select", "updates", "seed")
+RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "select", "updates", "seed", "spaces")
 
 
 @dataclass
@@ -63,6 +63,7 @@ class SearchConfig(Config):
     ray_address: str | None = None
     tracking_uri: str = "sqlite:///runs/mlflow.db"
     log_candidates: str = "top"  # nested MLflow runs: top (validated, each strategy's best, recipes), all, none
+    spaces: str | None = None  # a folder of <strategy>.yaml overriding the packaged search spaces
     experiment: str | None = None  # None: autoprune/<out folder name>
     out: Path = Path("runs/search")
     top_k: int = 3
@@ -258,14 +259,21 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     """Run (or with ``resume`` continue) the search; ``started``: the monotonic clock reading the
     budget counts from (default: now), so a command can count its own start-up too."""
     started = time.monotonic() if started is None else started
+    from autoprune.search import spec as search_spec
     from autoprune.search.journal import Journal, read_json, write_json_atomic
     from autoprune.tracking import check_uri
 
     check_uri(cfg.tracking_uri)  # fail fast, before anything is written or started
+    if not resume:
+        search_spec.resolve(cfg.spaces)  # a bad space file is refused before the run folder is made
     probe_ray(cfg.ray_address)
     cfg = prepare_out(cfg, resume)
     out = cfg.out
     held = lock(out)
+    spec = search_spec.stored(out)
+    if spec is None:  # a new search (or one from before specs were stored): resolved now, kept for resume
+        spec = search_spec.resolve(cfg.spaces)
+        search_spec.save(out, spec)
     log_to_file(out / LOG_FILE)
     (out / STARTUP_FILE).unlink(missing_ok=True)  # a resumed search's workers start again
     journal = Journal(out / JOURNAL_FILE)
@@ -301,7 +309,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
             if on_update is not None:
                 on_update(status)
 
-        orch = Orchestrator(pool, journal, budget, base, cfg.strategy_names, out, cfg.seed, tracker,
+        orch = Orchestrator(pool, journal, budget, base, cfg.strategy_names, out, cfg.seed, tracker, spec=spec,
                             top_k=cfg.top_k, on_update=update, baselines=parse_baselines(cfg.baselines),
                             per_forward=cfg.per_forward, owl_lambdas=parse_lambdas(cfg.owl_lambdas),
                             updates=cfg.update_names, validation_seconds=validation_seconds(cfg, pool.info))
@@ -392,6 +400,7 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     """best_policy.json, metric exports, plots and summary.json in the run folder; their paths."""
     from autoprune.search.journal import write_json_atomic
     from autoprune.search.plots import plot_layer_ratios, plot_progress
+    from autoprune.search.spec import SPEC_FILE
 
     out = cfg.out
     files: list[Path] = []
@@ -430,6 +439,7 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
         "baselines": outcome.baselines, "candidates": counts,
         "pool": {"retried": orch.pool.retried, "replaced": orch.pool.replaced}})
     files.append(out / SUMMARY_FILE)
+    files.append(out / SPEC_FILE)  # the spaces this search ran with
     return files
 
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from autoprune.errors import UserError
 from autoprune.pruning.policy import Policy
+from autoprune.search.spec import load_yaml, packaged_dir
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 KINDS = ("per_block", "depth_curve", "attn_mlp", "owl")
 _KEYS = {"kind", "span", "bounds", "knots", "per_block", "lambda", "m"}
 _ATTENTION_WORDS = ("attn", "attention")
@@ -183,26 +182,11 @@ def parse_space(name: str, d: dict) -> AllocationSpace:
         owl_m=_pair(name, "m", d.get("m", [3.0, 10.0]), 1.0, 100.0))
 
 
-def load_yaml(path: Path) -> dict:
-    """A YAML mapping from ``path``, with a one-line error when it is missing or malformed."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}: malformed YAML{where}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    return data
-
-
 def load_space(spec: str | dict, path: Path | None = None) -> AllocationSpace:
     """A space by name from ``path`` (default ``search_spaces/allocation.yaml``), or an inline mapping."""
     if isinstance(spec, dict):
         return parse_space(str(spec.get("name", "inline")), {k: v for k, v in spec.items() if k != "name"})
-    path = Path(path) if path is not None else SPACES_DIR / "allocation.yaml"
+    path = Path(path) if path is not None else packaged_dir() / "allocation.yaml"
     spaces = load_yaml(path)
     if spec not in spaces:
         raise UserError(f"unknown allocation space {spec!r} (choose {', '.join(map(str, spaces))})")

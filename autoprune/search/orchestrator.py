@@ -27,6 +27,7 @@ from autoprune.search.base import Candidate, SearchContext, Strategy
 from autoprune.search.baselines import DENSE, OWL_LAMBDAS, baseline_policies, best_variants, recipe, report
 from autoprune.search.budget import Budget, PhaseSplit
 from autoprune.search.journal import Journal, read_json, write_json_atomic
+from autoprune.search.spec import resolve as resolve_spec
 
 if TYPE_CHECKING:
     from autoprune.search.workers import RemoteDamage
@@ -44,15 +45,7 @@ MIN_VALIDATION = 6.0  # seconds per planned validation (the top-k and the baseli
 MAX_VALIDATION = 0.7  # of the usable time, at most, planned for validation
 NM_ALLOCATION = 0.2  # the allocation phase's share under an N:M pattern, relative to the split's
 VALIDATION_POOL = 50  # candidates, best first, that validation may reach when time allows
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 WARM_STARTS = ("owl", "alpha")  # allocations whose ratios allocation searches may start from
-
-
-def load_space(name: str, spaces_dir: Path = SPACES_DIR) -> dict:
-    import yaml
-
-    path = spaces_dir / f"{name}.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -86,7 +79,7 @@ class Outcome:
 class Orchestrator:
     def __init__(self, pool, journal: Journal, budget: Budget, base_policy: Policy, strategies: list[str],
                  run_dir: Path, seed: int, tracker=None, split: PhaseSplit = PhaseSplit(), top_k: int = 3,
-                 on_update: Callable[[dict], None] | None = None, spaces_dir: Path = SPACES_DIR,
+                 on_update: Callable[[dict], None] | None = None, spec: dict | None = None,
                  finish_reserve: float | None = None, baselines: list[str] = (), per_forward: int | None = None,
                  owl_lambdas: tuple[float, ...] = OWL_LAMBDAS, updates: tuple[str, ...] = ("none",),
                  validation_seconds: tuple[float, float, float] = (MIN_VALIDATION, MIN_VALIDATION, 0.0)):
@@ -94,7 +87,8 @@ class Orchestrator:
         job and stacked into one forward pass (None: what the workers suggest for their device)."""
         self.pool, self.journal, self.budget, self.tracker = pool, journal, budget, tracker
         self.base_policy, self.names, self.run_dir, self.seed = base_policy, strategies, Path(run_dir), seed
-        self.top_k, self.on_update, self.spaces_dir = top_k, on_update or (lambda s: None), spaces_dir
+        self.top_k, self.on_update = top_k, on_update or (lambda s: None)
+        self.spec = resolve_spec() if spec is None else spec  # every strategy's space (search.spec)
         self.max_batches = pool.info["max_batches"]
         self.per_forward = max(1, per_forward or pool.info.get("per_forward", 1))
         self.block_sizes = tuple(dict(b) for b in pool.info["block_sizes"])
@@ -137,7 +131,7 @@ class Orchestrator:
         ctx, out = self._context(phase), {}
         for name in self.names:
             if in_phase(name, phase):
-                space = load_space(name, self.spaces_dir)
+                space = dict(self.spec.get(name, {}))
                 if REGISTRY[name][1] == "both":
                     space = {**space, "phase": phase}
                 extra = {"damage": self._damage(ctx.base_policy)} if name == "rl" else {}

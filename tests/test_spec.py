@@ -1,0 +1,66 @@
+"""The search spec: packaged spaces, a user's overrides, one resolved spec stored with the run and
+read back on resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from autoprune.errors import UserError
+from autoprune.search import spec
+
+CLI = [sys.executable, "-m", "autoprune.cli"]
+
+
+def test_packaged_spaces_resolve_with_bo_allocations_inlined():
+    s = spec.resolve()
+    assert {"gp", "bo", "rl", "evo", "allocation"} <= set(s) <= set(spec.SPACES)
+    assert spec.packaged_dir().parent.name == "autoprune"
+    assert [a["name"] for a in s["bo"]["allocation"]] == ["per_block", "attn_mlp"]
+    assert s["bo"]["allocation"][0]["kind"] == "per_block"
+
+
+def test_a_user_folder_overrides_whole_files_and_bad_ones_are_refused(tmp_path):
+    (tmp_path / "gp.yaml").write_text("population: 8\n")
+    s = spec.resolve(tmp_path)
+    assert s["gp"] == {"population": 8} and s["evo"] == spec.resolve()["evo"]
+    (tmp_path / "gpp.yaml").write_text("{}\n")
+    with pytest.raises(UserError, match="unknown space files gpp"):
+        spec.resolve(tmp_path)
+    (tmp_path / "gpp.yaml").unlink()
+    (tmp_path / "gp.yaml").write_text("population: [8\n")
+    with pytest.raises(UserError, match="malformed YAML"):
+        spec.resolve(tmp_path)
+    with pytest.raises(UserError, match="not a folder"):
+        spec.resolve(tmp_path / "gp.yaml")
+
+
+@pytest.mark.slow
+def test_resume_reads_the_stored_spec_not_the_edited_files(tmp_path):
+    from tests.test_search import _results, _start, _wait_for
+
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "gp.yaml").write_text("population: 8\ngenerations: null\n")
+    args = ["search", "--model", "stories260K", "--strategies", "gp", "--calib-windows", "8", "--proxy-windows", "4",
+            "--eval-windows", "8", "--top-k", "1", "--baselines", "none", "--budget", "60s", "--out", "runs/sp"]
+    first = _start(args + ["--spaces", str(spaces)], tmp_path)
+    journal = tmp_path / "runs" / "sp" / "journal.jsonl"
+    _wait_for(lambda: len(_results(journal)) >= 2, 150, first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    stored = json.loads((tmp_path / "runs" / "sp" / spec.SPEC_FILE).read_text())
+    assert stored["gp"] == {"population": 8, "generations": None}
+    (spaces / "gp.yaml").write_text("population: [broken\n")  # edited after the start: not read again
+    resumed = subprocess.run(CLI + ["search", "--resume", "--out", "runs/sp"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads((tmp_path / "runs" / "sp" / spec.SPEC_FILE).read_text()) == stored
+    bad = subprocess.run(CLI + ["search", *args[1:-1], "runs/other", "--spaces", str(spaces)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "malformed YAML" in bad.stderr and not (tmp_path / "runs" / "other").exists()
