@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
-    console.print(_table(rows, args.wide, len({r["search"] for r in rows}) > 1) if rows
+    console.print(_table(rows, args.wide, len({r["search"] for r in rows}) > 1, console.width) if rows
                   else f"no candidates recorded yet in {args.tracking_uri}")
     searches = baselines(uri, args.experiment)
     if searches:
@@ -59,30 +59,38 @@ def _num(v, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def _table(rows: list[dict], wide: bool, several: bool):
-    """80 columns: short names, the expression cut with an ellipsis (``--wide``: wrapped in full)."""
+def _short(text: str) -> str:
+    return (text.replace("sparsegpt", "sgpt").replace("explicit ", "").replace("uniform", "unif")
+            .replace("+layers", "+L"))
+
+
+def _table(rows: list[dict], wide: bool, several: bool, width: int = 80):
+    """80 columns: short names, every column as wide as its content but the metric, which takes
+    what is left and is cut with an ellipsis (``--wide``: every cell in full, wrapped)."""
     from rich import box
     from rich.table import Table
 
-    overflow = "fold" if wide else "ellipsis"
+    head = ["#", *(["search"] if several else []), "id", "by", "metric", "alloc", "upd", "proxy", "select", "eval"]
+    cells = [[f"{i}{'*' if r['winner'] else ''}", *([r["search"]] if several else []),
+              _short(str(r["candidate"])), r["strategy"], r["expression"],
+              r["allocation"] if wide else _short(r["allocation"]), UPDATES.get(r["update"], r["update"]),
+              _num(r["proxy_loss"], 3), _num(r["select_perplexity"], 2), _num(r["eval_perplexity"], 2)]
+             for i, r in enumerate(rows, 1)]
     t = Table(title="autoprune leaderboard (* winner; validated first)", box=box.SIMPLE_HEAD, padding=(0, 1),
               pad_edge=False)
-    t.add_column("#", justify="right", no_wrap=True)
-    if several:
-        t.add_column("search", overflow=overflow, no_wrap=not wide, max_width=None if wide else 12)
-    t.add_column("id", justify="right", no_wrap=True)
-    t.add_column("by", no_wrap=True)
-    t.add_column("metric", overflow=overflow, no_wrap=not wide, ratio=1, min_width=8)
-    t.add_column("alloc", overflow=overflow, no_wrap=not wide, max_width=None if wide else 13)
-    t.add_column("upd", no_wrap=True)
-    t.add_column("proxy", justify="right", no_wrap=True)
-    t.add_column("select", justify="right", no_wrap=True)
-    t.add_column("eval", justify="right", no_wrap=True)
-    for i, r in enumerate(rows, 1):
-        cells = [f"{i}{'*' if r['winner'] else ''}", *([r["search"]] if several else []), str(r["candidate"]),
-                 r["strategy"], r["expression"], r["allocation"], UPDATES.get(r["update"], r["update"]),
-                 _num(r["proxy_loss"], 3), _num(r["select_perplexity"], 2), _num(r["eval_perplexity"], 2)]
-        t.add_row(*cells)
+    widths = [min(max(len(name), *(len(c[j]) for c in cells)), 10 if name == "search" else 99)
+              for j, name in enumerate(head)]
+    m = head.index("metric")
+    left = width - (sum(widths) - widths[m]) - 3 * len(head)  # what the other columns and their padding leave
+    for j, name in enumerate(head):
+        if wide:
+            t.add_column(name, overflow="fold")
+        else:
+            w = max(6, min(widths[m], left)) if j == m else widths[j]
+            t.add_column(name, justify="right" if name in ("#", "id", "proxy", "select", "eval") else "left",
+                         no_wrap=True, overflow="ellipsis", min_width=w, max_width=w)
+    for c in cells:
+        t.add_row(*c)
     return t
 
 
@@ -96,8 +104,7 @@ def _baselines_table(searches: list[dict]):
     # the dense model first, then the default recipes (tracked with "_" for "+")
     rank = {n: i for i, n in enumerate(["dense", *DEFAULT.replace("+", "_").split(",")])}
     cols = sorted({name for s in searches for name in s["baselines"]}, key=lambda n: (rank.get(n, len(rank)), n))
-    table = Table(title="winner and recipes (eval ppl, full protocol)", box=box.SIMPLE_HEAD, padding=(0, 1),
-                  pad_edge=False)
+    table = Table(title="winner and recipes (eval ppl)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     for col in ("search", "winner", *(c.replace("_", "+").replace("sparsegpt", "sgpt") for c in cols)):
         table.add_column(col, justify="left" if col == "search" else "right", overflow="ellipsis",
                          no_wrap=True, max_width=14 if col == "search" else None)
