@@ -229,12 +229,11 @@ class Tracker:
                 "autoprune.kind": "candidate", "autoprune.strategy": entry["strategy"],
                 "autoprune.protocol": "sequential" if entry.get("sequential") else "one-shot",
                 **({"autoprune.error": res["error"][:500]} if res.get("error") else {})})
-            run_id = run.info.run_id
+            run_id = self.run_ids[entry["id"]] = run.info.run_id  # at once: a failure below must not make a second run
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in candidate_params(entry).items()])
             self._metrics(run_id, {"proxy_loss": res["loss"], "fidelity": entry.get("fidelity", 1.0),
                                    "sparsity": res["sparsity"], "seconds": res["seconds"], "tokens": res["tokens"]})
             self.client.set_terminated(run_id, "FINISHED" if res.get("error") is None else "FAILED")
-            self.run_ids[entry["id"]] = run_id
         self._metrics(run_id, values)
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
@@ -276,11 +275,16 @@ class Tracker:
         return True
 
     def finish(self, metrics: dict, artifacts: list[Path], status: str = "FINISHED", runs: list[dict] = (),
-               recipes: list[dict] = (), winner: dict | None = None) -> None:
+               recipes: list[dict] = (), winner: dict | None = None, validated: list[tuple[dict, dict]] = ()) -> None:
         """Close the search run: ``runs`` (entries of the candidates worth a run: each strategy's
-        best), ``recipes`` (validated recipes' report rows) as runs, the ``winner`` (a validated
-        entry, or a recipe row) tagged on its run and named, linked, on the search run."""
+        best), ``validated`` ((entry, perplexities) of every validated candidate: those an earlier
+        session did not get to the store are written now), ``recipes`` (validated recipes' report
+        rows) as runs, the ``winner`` (a validated entry, or a recipe row) tagged on its run and
+        named, linked, on the search run. A store failing here costs a warning, not the results."""
         if self.mode != "none":
+            for entry, values in validated:
+                if entry["id"] not in self.run_ids:
+                    self.log_validation(entry, values)
             for entry in runs:
                 if entry["id"] not in self.run_ids:
                     self._queue.put(("candidate", (entry, {}, {})))
@@ -288,13 +292,17 @@ class Tracker:
                 if "skipped" not in row and row["name"] != "dense":
                     self._queue.put(("recipe", row))
         self.flush(timeout=120)
-        self._metrics(self.parent_run_id, metrics)
-        if winner is not None:
-            self._tag_winner(winner, recipes)
-        for path in artifacts:
-            if Path(path).exists():
-                self.client.log_artifact(self.parent_run_id, str(path))
-        self.client.set_terminated(self.parent_run_id, status)
+        try:
+            self._metrics(self.parent_run_id, metrics)
+            if winner is not None:
+                self._tag_winner(winner, recipes)
+            for path in artifacts:
+                if Path(path).exists():
+                    self.client.log_artifact(self.parent_run_id, str(path))
+            self.client.set_terminated(self.parent_run_id, status)
+        except Exception as e:  # noqa: BLE001 - everything is in the run folder; the store is a view of it
+            logging.getLogger("autoprune").warning("MLflow: closing the search run failed (%s)",
+                                                   str(e).splitlines()[0][:160])
 
     def _tag_winner(self, winner: dict, recipes: list[dict]) -> None:
         key = winner.get("id", winner.get("name"))

@@ -54,3 +54,16 @@ def test_pruned_model_reloads_in_plain_transformers(family, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert model_sparsity(again)[0] == pytest.approx(0.5, abs=1e-3)
     assert perplexity(again, windows).perplexity == pytest.approx(perplexity(model, windows).perplexity, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_by_block_statistics_equal_a_whole_forward(family):
+    """Statistics gathered block by block (captured inputs, each block with its own masks and
+    rotary embeddings) equal those of the whole model's forward pass: the slow reference."""
+    from autoprune.pruning.engine import collect_stats, dense_blockwise
+
+    model = tiny_model(family)
+    windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(1))
+    whole = collect_stats(model, windows, batch_size=2, progress=False).X
+    for name, st in dense_blockwise(model, windows, batch_size=2).items():
+        torch.testing.assert_close(st.X, whole[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -145,6 +145,23 @@ def test_unidentifiable_experts_are_refused():
         prunable_linears(blocks[0])
 
 
+def test_a_router_beside_per_expert_modules_stays_dense():
+    class Expert(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1, self.w2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.Linear(8, 8)
+            self.gate = nn.Linear(8, 4)  # the router: one output per expert
+            self.experts = nn.ModuleList([Expert() for _ in range(4)])
+
+    units = prunable_linears(Block())
+    assert "gate" not in units and "attn" in units and len([n for n in units if n.startswith("experts.")]) == 8
+
+
 def test_no_decoder_blocks_is_refused():
     with pytest.raises(UserError, match="no repeated decoder blocks"):
         decoder_blocks(nn.Sequential(nn.Embedding(8, 4), nn.Linear(4, 8)))

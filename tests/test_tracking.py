@@ -110,16 +110,17 @@ def test_top_mode_logs_curves_and_the_runs_that_matter_and_resumes_without_repea
     recipe = {"name": "sparsegpt+owl", "policy": Policy(sparsity=0.5, allocation="owl").to_dict(),
               "select_perplexity": 21.0, "perplexity": 22.0, "sparsity": 0.5}
     again.finish({}, [], runs=[entries[18], entries[19]], recipes=[{"name": "dense", "perplexity": 5.0}, recipe],
-                 winner={"id": 20, "select_perplexity": 20.0, "eval_perplexity": None})
+                 winner={"id": 20, "select_perplexity": 20.0, "eval_perplexity": None},
+                 validated=[(entries[17], {"select_perplexity": 30.0})])  # validated, never logged: written now
     steps = [m.step for m in again.client.get_metric_history(t.parent_run_id, "best_proxy_loss/all")]
     assert steps == list(range(1, 21))  # no point twice
     runs = again.client.search_runs([again.experiment_id], f"tags.`mlflow.parentRunId` = '{t.parent_run_id}'")
     assert sorted(r.data.tags.get("autoprune.candidate", r.data.tags.get("autoprune.recipe")) for r in runs) == \
-        ["19", "20", "sparsegpt+owl"]
+        ["18", "19", "20", "sparsegpt+owl"]
     parent = again.client.get_run(t.parent_run_id)
     assert parent.data.tags["autoprune.winner"] == "candidate 20"
     assert "sparsegpt+owl | 21.000 | 22.000" in parent.data.tags["mlflow.note.content"]
-    assert [r["candidate"] for r in leaderboard(uri, "top")][:2] == [20, "sparsegpt+owl"]
+    assert [r["candidate"] for r in leaderboard(uri, "top")][:3] == [20, "sparsegpt+owl", 18]
 
 
 def test_read_only_commands_create_no_store(tmp_path, monkeypatch, capsys):

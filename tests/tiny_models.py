@@ -20,7 +20,8 @@ def configs(experts: int = 4) -> dict:
         "gpt_neox": T.GPTNeoXConfig(**SMALL, intermediate_size=64),
         "phi": T.PhiConfig(**SMALL, intermediate_size=64),
         "gemma": T.GemmaConfig(**SMALL, intermediate_size=64, num_key_value_heads=2, head_dim=8),
-        "gemma3": T.Gemma3TextConfig(**SMALL, intermediate_size=64, num_key_value_heads=2, head_dim=8),
+        "gemma3": T.Gemma3TextConfig(**SMALL, intermediate_size=64, num_key_value_heads=2, head_dim=8,
+                                     sliding_window=8, sliding_window_pattern=2),  # per-layer masks and rope
         "phi3": T.Phi3Config(**SMALL, intermediate_size=64, pad_token_id=0),
         "gpt2": T.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64),  # Conv1D
         "gptj": T.GPTJConfig(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4),
@@ -32,7 +33,8 @@ def configs(experts: int = 4) -> dict:
         "qwen3_moe": T.Qwen3MoeConfig(**SMALL, **moe, intermediate_size=64, moe_intermediate_size=32,
                                       num_experts=experts, head_dim=8),
         "olmoe": T.OlmoeConfig(**SMALL, **moe, intermediate_size=32, num_experts=experts),
-        "gpt_oss": T.GptOssConfig(**SMALL, **moe, intermediate_size=32, num_local_experts=experts, head_dim=8),
+        "gpt_oss": T.GptOssConfig(**SMALL, **moe, intermediate_size=32, num_local_experts=experts, head_dim=8,
+                                  sliding_window=8),
     }
 
 

@@ -120,7 +120,8 @@ class SearchView:
 
     def update(self, status: dict) -> None:
         now = time.monotonic()
-        self.status, self.updated = dict(status), now
+        self.status = {**status, "evaluated": dict(status["evaluated"])}  # the view draws from another thread
+        self.updated = now
         self.history.append((now, dict(status["evaluated"])))
         while self.history and now - self.history[0][0] > self.RATE_WINDOW:
             self.history.pop(0)

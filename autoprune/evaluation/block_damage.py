@@ -24,14 +24,16 @@ from torch import Tensor
 from autoprune.evaluation.ratio_proxy import RatioProxy
 from autoprune.models.layers import decoder_blocks
 from autoprune.pruning.allocation import outlier_ratio
-from autoprune.pruning.engine import capture_block_inputs
+from autoprune.pruning.engine import block_args, capture_block_inputs
 from autoprune.pruning.metrics import wanda
 
 
-def _forward(block: torch.nn.Module, inputs: list[list]) -> list[Tensor]:
+def _forward(block: torch.nn.Module, i: int, inputs: list[list]) -> list[Tensor]:
+    """Block ``i`` on each item's hidden states, with its own arguments (``block_args``)."""
     outs = []
-    for hidden, args, kwargs in inputs:
-        out = block(hidden, *args, **kwargs)
+    for item in inputs:
+        args, kwargs = block_args(item, i)
+        out = block(item[0], *args, **kwargs)
         outs.append(out[0] if isinstance(out, tuple) else out)
     return outs
 
@@ -47,8 +49,8 @@ class BlockDamage:
             self.h0 = capture_block_inputs(model, self.modules[0], windows, batch_size)
             self.dense: list[list[Tensor]] = []
             h = [list(x) for x in self.h0]
-            for block in self.modules:
-                outs = _forward(block, h)
+            for i, block in enumerate(self.modules):
+                outs = _forward(block, i, h)
                 self.dense.append(outs)
                 for item, out in zip(h, outs):
                     item[0] = out
@@ -78,7 +80,7 @@ class BlockDamage:
     def _error(self, block: int, hidden: list[list], ratios: dict[str, float]) -> tuple[float, list[Tensor]]:
         """Relative error of ``block``'s output from ``hidden`` with ``ratios`` applied, and the outputs."""
         with self._pruned(ratios):
-            outs = _forward(self.modules[block], hidden)
+            outs = _forward(self.modules[block], block, hidden)
         num = sum(((o - d) ** 2).sum().item() for o, d in zip(outs, self.dense[block]))
         den = sum((d ** 2).sum().item() for d in self.dense[block])
         return num / den, outs

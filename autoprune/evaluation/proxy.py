@@ -93,9 +93,10 @@ class ProxyEvaluator:
 
     def suggested_per_forward(self, memory: int = 2 * 2**30, most: int = 16) -> int:
         """Candidates per stacked forward worth asking for: 1 on a CPU (its forward is compute-bound,
-        stacking gains nothing), else as many as fit ``memory`` bytes of stacked weights, at most ``most``."""
+        stacking gains nothing) or with experts (they cannot be stacked), else as many as fit
+        ``memory`` bytes of stacked weights, at most ``most``."""
         weights = list(self._dense.values())
-        if not weights or weights[0].device.type == "cpu":
+        if not weights or weights[0].device.type == "cpu" or any(u.kind == "expert" for u in self.linears.values()):
             return 1
         size = sum(W.numel() * W.element_size() for W in weights)
         return max(1, min(most, memory // max(size, 1)))

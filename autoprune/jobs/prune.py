@@ -82,7 +82,8 @@ class PruneResult:
 
 def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
     policy = cfg.make_policy()  # validate before the slow part
-    lm = load_model(cfg.model, cfg.dtype, "cpu" if cfg.offload else cfg.device)
+    # offloaded, the model waits in host memory in the dtype it will have on the device
+    lm = load_model(cfg.model, cfg.dtype, "cpu" if cfg.offload else cfg.device, dtype_for=cfg.device)
     offload_to = resolve_device(cfg.device) if cfg.offload else None
     calib = calibration_windows(lm.tokenizer, cfg.calib, cfg.calib_windows, cfg.seqlen, cfg.seed)
     evalw = evaluation_windows(lm.tokenizer, cfg.eval, cfg.seqlen, cfg.eval_windows) if cfg.eval else None
@@ -108,10 +109,12 @@ def prune(cfg: PruneConfig, progress: bool = True) -> PruneResult:
 
 def _by_routed_tokens(policy: Policy, model, calib, cfg: PruneConfig, progress: bool) -> Policy:
     """``policy`` made explicit, its experts' ratios set by the tokens routed to them."""
-    stats = dense_blockwise(model, calib, cfg.batch_size, router_weighted=cfg.router_weighted,
-                            offload_to=resolve_device(cfg.device) if cfg.offload else None)
     bls = blocks_linears(model)
     if not any(u.kind == "expert" for bl in bls for u in bl.values()):
         raise UserError(f"{cfg.model}: --expert-allocation tokens needs a mixture-of-experts model; this one has no experts")
+    if policy.nm is not None:
+        raise UserError(f"--expert-allocation tokens sets per-expert ratios; pattern {policy.pattern} fixes every ratio")
+    stats = dense_blockwise(model, calib, cfg.batch_size, router_weighted=cfg.router_weighted,
+                            offload_to=resolve_device(cfg.device) if cfg.offload else None)
     ratios = block_ratios(policy, bls, {n: st.X for n, st in stats.items()})
     return by_routed_tokens(policy, model, ratios, {n: st.tokens for n, st in stats.items()})

@@ -264,15 +264,14 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     from autoprune.tracking import check_uri
 
     check_uri(cfg.tracking_uri)  # fail fast, before anything is written or started
-    if not resume:
-        search_spec.resolve(cfg.spaces)  # a bad space file is refused before the run folder is made
+    fresh = None if resume else search_spec.resolve(cfg.spaces)  # a bad space file: refused before anything is made
     probe_ray(cfg.ray_address)
     cfg = prepare_out(cfg, resume)
     out = cfg.out
     held = lock(out)
     spec = search_spec.stored(out)
     if spec is None:  # a new search (or one from before specs were stored): resolved now, kept for resume
-        spec = search_spec.resolve(cfg.spaces)
+        spec = fresh or search_spec.resolve(cfg.spaces)
         search_spec.save(out, spec)
     log_to_file(out / LOG_FILE)
     (out / STARTUP_FILE).unlink(missing_ok=True)  # a resumed search's workers start again
@@ -335,7 +334,10 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
         tracker.finish({"best_proxy_loss": outcome.proxy_loss, "best_eval_perplexity": outcome.perplexity,
                         "best_select_perplexity": outcome.select_perplexity,
                         "candidates": sum(counts.values()), **tracking_metrics(outcome.baselines)}, artifacts,
-                       runs=strategy_bests(orch.entries()), recipes=outcome.baselines, winner=winner_row(outcome))
+                       runs=strategy_bests(orch.entries()), recipes=outcome.baselines, winner=winner_row(outcome),
+                       validated=[(orch.entry(v["id"]), {"select_perplexity": v["select_perplexity"],
+                                                          "eval_perplexity": v["eval_perplexity"]})
+                                  for v in outcome.validated])
         return SearchResult(out, outcome.best, outcome.proxy_loss, outcome.perplexity, counts, outcome.validated,
                             outcome.baselines, outcome.select_perplexity, outcome.recipe, phases,
                             budget.elapsed - session_start, pool.retried, pool.replaced)

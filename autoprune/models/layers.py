@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from autoprune.errors import UserError
 
 EXPERT_PARAMS = ("gate_up_proj", "up_proj", "down_proj")  # transformers' fused experts layout
-DENSE = re.compile(r"(^|\.)shared_experts?(_gate)?(\.|$)|(^|\.)router(\.|$)")  # kept dense by default
+DENSE = re.compile(r"(^|\.)shared_experts?(_gate)?(\.|$)|(^|\.)router(\.|$)")  # shared experts and routers stay dense
 
 
 class Unit:
@@ -77,12 +77,12 @@ def _is_experts(mod: nn.Module) -> bool:
             and isinstance(getattr(mod, "down_proj", None), nn.Parameter) and mod.down_proj.dim() == 3)
 
 
-def _units(block: nn.Module, everything: bool = False) -> dict[str, Unit]:
+def _units(block: nn.Module) -> dict[str, Unit]:
     units: dict[str, Unit] = {}
-    experts: list[tuple[str, nn.Module]] = []
+    experts: dict[str, int] = {}  # experts container -> its number of experts
     for name, mod in block.named_modules():
         if _is_experts(mod):
-            experts.append((name, mod))
+            experts[name] = mod.num_experts
             for p in EXPERT_PARAMS:
                 if isinstance(getattr(mod, p, None), nn.Parameter) and (p != "up_proj" or not mod.has_gate):
                     for e in range(mod.num_experts):
@@ -91,16 +91,20 @@ def _units(block: nn.Module, everything: bool = False) -> dict[str, Unit]:
             units[name] = Unit(mod)
         elif _is_conv1d(mod):
             units[name] = Unit(mod, transposed=True)
+        elif isinstance(mod, nn.ModuleList) and len(mod) > 1 and len({type(m) for m in mod}) == 1 and name:
+            experts[name] = len(mod)  # per-expert modules (each expert's linears are units of their own)
     for name, p in block.named_parameters():
-        if p.dim() >= 3 and "expert" in name and not any(name.startswith(f"{e}.") for e, _ in experts):
+        if p.dim() >= 3 and "expert" in name and not any(name.startswith(f"{e}.") for e in experts):
             raise UserError(f"{type(block).__name__}.{name}: expert weights of shape {tuple(p.shape)} in a layout "
                             "autoprune cannot identify (no transformers experts module holds them)")
-    if everything:
-        return units
-    sizes = {m.num_experts for _, m in experts}
-    return {n: u for n, u in units.items()
-            if not DENSE.search(n) and not (u.kind == "linear" and u.weight.shape[0] in sizes
-                                           and not any(n.startswith(f"{e}.") for e, _ in experts))}
+
+    def router(name: str, unit: Unit) -> bool:
+        """A linear beside an experts container, with one output per expert."""
+        parent = name.rpartition(".")[0]
+        return unit.kind == "linear" and any(e.rpartition(".")[0] == parent and unit.weight.shape[0] == n
+                                             for e, n in experts.items())
+
+    return {n: u for n, u in units.items() if not DENSE.search(n) and not router(n, u)}
 
 
 def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -120,10 +124,15 @@ def prunable_linears(block: nn.Module) -> dict[str, Unit]:
     return _units(block)
 
 
+def blocks_linears(model: nn.Module) -> list[dict[str, Unit]]:
+    """For each decoder block, full name -> prunable unit."""
+    path, blocks = decoder_blocks(model)
+    return [{f"{path}.{i}.{n}": u for n, u in prunable_linears(b).items()} for i, b in enumerate(blocks)]
+
+
 def all_prunable(model: nn.Module) -> dict[str, Unit]:
     """Full dotted name -> unit, for every prunable unit in every block."""
-    path, blocks = decoder_blocks(model)
-    return {f"{path}.{i}.{n}": u for i, b in enumerate(blocks) for n, u in prunable_linears(b).items()}
+    return {n: u for bl in blocks_linears(model) for n, u in bl.items()}
 
 
 def input_hooks(units: dict[str, Unit], fn: Callable[[str, Tensor], None], router_weighted: bool = False) -> list:

@@ -208,15 +208,17 @@ def _read_gguf(path: Path) -> tuple[torch.nn.Module, object]:
     return model, tokenizer
 
 
-def load_model(name: str, dtype: str = "auto", device: str = "auto", spread: bool = False) -> LoadedModel:
+def load_model(name: str, dtype: str = "auto", device: str = "auto", spread: bool = False,
+               dtype_for: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode, on ``device``; with ``spread``, over every
-    visible GPU by accelerate's device map (a model one GPU cannot hold)."""
+    visible GPU by accelerate's device map (a model one GPU cannot hold). ``dtype`` auto is the
+    checkpoint's on a GPU and float32 on a CPU, judged for ``dtype_for`` (default ``device``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = resolve(name)
     dev = resolve_device(device)
     if dtype == "auto":
-        torch_dtype = "auto" if dev.type == "cuda" else torch.float32
+        torch_dtype = "auto" if resolve_device(dtype_for or device).type == "cuda" else torch.float32
     elif dtype in DTYPES:
         torch_dtype = DTYPES[dtype]
     else:

@@ -160,14 +160,14 @@ def by_routed_tokens(policy: Policy, model: torch.nn.Module, ratios: list[float]
     """The explicit policy of ``policy`` (block ``ratios`` as computed for ``model``) whose experts
     lose more the fewer calibration tokens the router sends them (``tokens``: full unit name ->
     routed tokens). In each block the experts' matrices of one kind (``gate_up_proj`` of every
-    expert, ...) get ratios r_e w_e / mean(w), r_e their ratio under ``policy`` and
+    expert, ...) get ratios r_e w_e sum(r) / sum(r w), r_e their ratio under ``policy`` and
     w_e = 1 + spread (1 - t_e / mean t) clipped to [1 - spread, 1 + spread]: the matrices are equal
     in size, so together they lose what they would have. The spread halves until no ratio passes
     0.95. Every other unit keeps its ratio."""
-    from autoprune.models.layers import decoder_blocks, prunable_linears
+    from autoprune.models.layers import blocks_linears, decoder_blocks
 
-    path, blocks = decoder_blocks(model)
-    bls = [{f"{path}.{i}.{n}": u for n, u in prunable_linears(b).items()} for i, b in enumerate(blocks)]
+    path, _ = decoder_blocks(model)
+    bls = blocks_linears(model)
     layer = layer_ratios(policy, bls, ratios)
     out = []
     for i, linears in enumerate(bls):
@@ -182,7 +182,7 @@ def by_routed_tokens(policy: Policy, model: torch.nn.Module, ratios: list[float]
             s = spread
             while True:
                 w = (1 + s * (1 - t / t.mean().clamp(min=1))).clamp(1 - s, 1 + s)
-                new = r * w / w.mean()
+                new = r * w * r.sum() / (r * w).sum()
                 if new.max() < 0.95 or s < 1e-3:
                     break
                 s /= 2

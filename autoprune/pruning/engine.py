@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from autoprune.errors import UserError
-from autoprune.models.layers import Unit, decoder_blocks, prunable_linears
+from autoprune.models.layers import Unit, blocks_linears, decoder_blocks
 from autoprune.pruning.allocation import block_ratios, layer_ratios
 from autoprune.pruning.masks import make_mask
 from autoprune.pruning.metrics import needs_gradients, needs_hessian, resolve_metric
@@ -55,12 +55,6 @@ class PruneReport:
 def global_sparsity_of(layer_sparsity: dict[str, float], sizes: dict[str, int]) -> float:
     total = sum(sizes.values())
     return sum(layer_sparsity[n] * sizes[n] for n in layer_sparsity) / max(total, 1)
-
-
-def blocks_linears(model: nn.Module) -> list[dict[str, Unit]]:
-    """For each decoder block, full linear name -> layer."""
-    path, blocks = decoder_blocks(model)
-    return [{f"{path}.{i}.{n}": lin for n, lin in prunable_linears(b).items()} for i, b in enumerate(blocks)]
 
 
 def _zeros(bls: list[dict[str, Unit]]) -> tuple[dict[str, float], dict[str, int]]:
@@ -272,18 +266,29 @@ class _Captured(Exception):
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, block: nn.Module, windows: Tensor, batch_size: int) -> list[list]:
-    """[hidden, args, kwargs] of ``block`` for each batch: the model runs only up to the block."""
+    """Per batch, ``[hidden, args, kwargs, per_block]``: the hidden states entering ``block`` (the
+    first decoder block) with its other arguments, and every block's own (args, kwargs), which
+    differ where layers differ (Gemma 3's and GPT-OSS's sliding-window and full-attention layers
+    take other masks and rotary embeddings). Nothing runs past the embeddings: every block's
+    forward only records its arguments and passes its input on. ``block_args`` picks a block's."""
+    _, blocks = decoder_blocks(model)
+    if blocks[0] is not block:
+        raise ValueError("capture_block_inputs starts at the first decoder block")
     captured: list[list] = []
 
-    def hook(_mod, args, kwargs):
-        if args:
-            hidden, args = args[0], args[1:]
-        else:
-            hidden = kwargs.pop("hidden_states")
-        captured.append([hidden, args, kwargs])
-        raise _Captured
+    def recorder(i: int):
+        def forward(*args, **kwargs):
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            if i == 0:
+                captured.append([hidden, args[1:], kwargs, []])
+            captured[-1][3].append((args[1:], kwargs))
+            if i == len(blocks) - 1:
+                raise _Captured
+            return hidden
+        return forward
 
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    for i, b in enumerate(blocks):
+        b.forward = recorder(i)  # an instance attribute shadows the class's forward
     dev = _device(model)
     try:
         for batch in windows.split(batch_size):
@@ -291,14 +296,26 @@ def capture_block_inputs(model: nn.Module, block: nn.Module, windows: Tensor, ba
                 model(batch.to(dev), use_cache=False)
             except _Captured:
                 pass
+            except Exception:  # noqa: BLE001 - a model that does more between blocks than pass hidden states on
+                if not captured or len(captured[-1][3]) == len(blocks):
+                    raise  # later blocks fall back to the first block's arguments (block_args)
     finally:
-        handle.remove()
+        for b in blocks:
+            del b.forward
     return captured
 
 
-def _run_block(block: nn.Module, inputs: list[list]) -> None:
+def block_args(item: list, i: int) -> tuple[tuple, dict]:
+    """Block ``i``'s (args, kwargs) from a ``capture_block_inputs`` item."""
+    own = item[3] if len(item) > 3 else ()
+    return own[i] if i < len(own) else (item[1], item[2])
+
+
+def _run_block(block: nn.Module, i: int, inputs: list[list]) -> None:
+    """Block ``i`` on every batch: each item's hidden states become the block's outputs."""
     for item in inputs:
-        out = block(item[0], *item[1], **item[2])
+        args, kwargs = block_args(item, i)
+        out = block(item[0], *args, **kwargs)
         item[0] = out[0] if isinstance(out, tuple) else out
 
 
@@ -331,20 +348,21 @@ def _on(block: nn.Module, device: torch.device | None):
 def dense_blockwise(model: nn.Module, windows: Tensor, batch_size: int = 8, hessian: bool = False,
                     store: torch.device | str | None = None, offload_to: torch.device | str | None = None,
                     router_weighted: bool = False) -> dict[str, LayerStats]:
-    """Statistics of every prunable unit of the dense model, one block at a time: only one block's
-    statistics are on the device at once, each then kept on ``store`` (default: where it was
-    computed; ``"cpu"`` for host memory when a model's Hessians outgrow the device). With
-    ``offload_to`` only the block at hand is on that device (see ``prune_sequential``)."""
+    """Statistics of every prunable unit of the dense model, one block at a time (each block run
+    on the dense outputs of the one before, with its own masks and rotary embeddings). Each block's
+    statistics go to ``store`` once gathered (default: they stay where they were computed; ``"cpu"``
+    for host memory when a model's Hessians outgrow the device). With ``offload_to`` only the block
+    at hand is on that device (see ``prune_sequential``)."""
     _, blocks = decoder_blocks(model)
     dev = torch.device(offload_to) if offload_to is not None else None
     inputs = capture_block_inputs(model, blocks[0], windows, batch_size)
     if dev is not None:
         inputs = _to(inputs, dev)
     out = {}
-    for block, linears in zip(blocks, blocks_linears(model)):
+    for i, (block, linears) in enumerate(zip(blocks, blocks_linears(model))):
         with _on(block, dev):
             with StatsCollector(linears, hessian=hessian, router_weighted=router_weighted) as col:
-                _run_block(block, inputs)  # the dense outputs become the next block's inputs
+                _run_block(block, i, inputs)  # the dense outputs become the next block's inputs
         out.update({name: st if store is None else st.to(store) for name, st in col.stats.items()})
     return out
 
@@ -400,9 +418,9 @@ def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_si
     for i in tqdm(range(len(blocks)), desc="pruning blocks", disable=not progress, leave=False):
         with _on(blocks[i], dev):
             with StatsCollector(bls[i], hessian=hessian, router_weighted=router_weighted) as col:
-                _run_block(blocks[i], [list(x) for x in inputs])  # statistics only; outputs discarded
+                _run_block(blocks[i], i, [list(x) for x in inputs])  # statistics only; outputs discarded
             for name, lin in bls[i].items():
                 prune_linear(lin, per_layer[name], policy, col.stats[name], grads[name] if grads else None)
             del col
-            _run_block(blocks[i], inputs)  # the pruned block's outputs feed the next block
+            _run_block(blocks[i], i, inputs)  # the pruned block's outputs feed the next block
     return _finish(bls, ratios, t0)

@@ -151,6 +151,8 @@ class Policy:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except FileNotFoundError:
             raise UserError(f"{path}: policy file not found") from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot read the policy file ({e.strerror})") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         except TypeError as e:

@@ -221,7 +221,10 @@ class Orchestrator:
         # allocation strategies that converged early (under N:M evolution only picks the update) leave
         # their time to the metric search, which goes on until the allocation phase's deadline
         has = [any(in_phase(n, p) for n in self.names) for p in PHASES]
-        if all(has) and self._deadline(self.ends["allocation"]) - time.monotonic() > max(5.0, 3 * self.cost):
+        ended_metric = sum(e["phase"] == "metric" for e in self.journal.of("phase_end"))  # 2: extended already
+        validating = any(e["phase"] == "validation" for e in self.journal.of("phase_start"))
+        if (all(has) and ended_metric < 2 and not validating
+                and self._deadline(self.ends["allocation"]) - time.monotonic() > max(5.0, 3 * self.cost)):
             self._phase("metric", until="allocation")
             self._log({"event": "phase_end", "phase": "metric"})
         return self.validate()
@@ -326,16 +329,17 @@ class Orchestrator:
         strategies[name].tell(cand, ProxyResult(**result))
         self._save(phase, name, strategies[name])
         if self.tracker is not None:
-            self.tracker.log_candidate(self._entry(cid))
+            self.tracker.log_candidate(self.entry(cid))
         ev = self.status["evaluated"]
         ev[name] = ev.get(name, 0) + 1
 
-    def _entry(self, cid: int) -> dict:
+    def entry(self, cid: int) -> dict:
         e = self.journal.results()[cid]
         return {**e, "fidelity": 1.0 if e.get("batches") is None else min(1.0, e["batches"] / self.max_batches)}
 
     def entries(self) -> list[dict]:
-        return [self._entry(cid) for cid in sorted(self.journal.results())]
+        """Every finished candidate, in the order the results came (as the search saw them)."""
+        return [self.entry(cid) for cid in self.journal.results()]
 
     def best_entries(self, k: int, sequential_first: bool = True) -> list[dict]:
         """The ``k`` best distinct full-fidelity policies by proxy loss. Losses under the sequential
@@ -454,7 +458,7 @@ class Orchestrator:
                     selected[key] = res
                 self.status["validations"] = (len(selected) + len(reported), max(planned, len(selected) + len(reported)))
                 if self.tracker is not None and "error" not in res and isinstance(key, int):
-                    self.tracker.log_validation(self._entry(key), {f"{split}_perplexity": res["perplexity"]})
+                    self.tracker.log_validation(self.entry(key), {f"{split}_perplexity": res["perplexity"]})
             self._update()
         if running:
             self.pool.abandon(replace=False)  # the search is over: no new workers
