@@ -52,15 +52,23 @@ def to_json(e: Expr, meta: dict | None = None, policy: Policy | None = None) -> 
     return json.dumps(d, indent=2) + "\n"
 
 
+def _is_file(spec: str) -> bool:
+    """``spec`` names a file (an inline expression too long for a path is not one)."""
+    try:
+        return Path(spec).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load_policy(spec: str) -> Policy | None:
     """The policy in ``spec`` when it is a policy file (``best_policy.json``, a pruned folder's
     ``autoprune_policy.json``), else None."""
-    path = Path(spec)
-    if not path.is_file() or path.suffix != ".json":
+    path = Path(spec) if _is_file(spec) else None
+    if path is None or path.suffix != ".json":
         return None
     try:
         data = json.loads(path.read_text(errors="replace"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(data, dict) or not {"metric", "sparsity", "allocation"} <= set(data):
         return None
@@ -73,16 +81,18 @@ def load_policy(spec: str) -> Policy | None:
 def load_metric(spec: str) -> Expr:
     """A metric from a file (JSON from ``to_json``, a policy JSON, or a bare expression), a named
     metric, or an expression string."""
-    path = Path(spec)
+    path = Path(spec) if _is_file(spec) else None
     if spec in NAMED_FORMS:
         return parse(NAMED_FORMS[spec])
-    if not path.is_file():
+    if path is None:
         if spec.endswith(".json"):
             raise UserError(f"{spec}: metric file not found")
         return parse(spec)
     text = path.read_text(errors="replace")
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise UserError(f"{spec}: metric file nested too deep") from None
     except json.JSONDecodeError:
         try:
             return parse(text)

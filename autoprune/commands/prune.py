@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
                    "such as 'mul(abs(W), X)'; replaces the policy's metric")
     p.add_argument("--update", help="weight update after the mask: none, sparsegpt (OBS) or admm "
                                     "(default: the method's or the policy's)")
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of weights to remove, in [0, 1)")
+    p.add_argument("--sparsity", type=float, help="fraction of weights to remove, in [0, 1) (default: 0.5; "
+                   "an N:M pattern fixes it)")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M")
     p.add_argument("--allocation", default="uniform", help="uniform, owl or alpha (AlphaPruning); "
                    "their parameters (owl_lambda, owl_m, alpha_eps) come from a --policy file")

@@ -111,7 +111,10 @@ def load_documents(spec: str) -> list[str]:
     m = _SLICE.match(spec.strip())
     if not m:
         raise UserError("empty data spec")
-    docs = _read_source(m["src"])
+    try:
+        docs = _read_source(m["src"])
+    except UnicodeDecodeError as e:
+        raise UserError(f"{m['src']}: not UTF-8 text (byte {e.start})") from None
     if m["a"] is not None:
         a, b = int(m["a"]), int(m["b"])
         if a > b or b >= len(docs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoprune.config import Config
+from autoprune.config import Config, check_positive
 from autoprune.evaluation import perplexity
 from autoprune.jobs.common import evaluation_windows
 from autoprune.models import load_model
@@ -20,6 +20,9 @@ class EvalConfig(Config):
     batch_size: int = 8
     device: str = "auto"
     dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_positive(self, "windows", "batch_size")
 
 
 def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from autoprune.config import Config
+from autoprune.config import Config, check_out, check_positive
 from autoprune.errors import UserError
 from autoprune.evaluation import perplexity
 from autoprune.jobs.common import calibration_windows, evaluation_windows
@@ -14,7 +14,7 @@ from autoprune.models import load_model
 from autoprune.models.loading import resolve_device
 from autoprune.pruning.allocation import block_ratios, by_routed_tokens
 from autoprune.pruning.engine import PruneReport, blocks_linears, dense_blockwise, model_sparsity, prune_sequential
-from autoprune.pruning.policy import Policy
+from autoprune.pruning.policy import Policy, parse_pattern
 
 POLICY_FILE = "autoprune_policy.json"
 REPORT_FILE = "autoprune_report.json"
@@ -26,7 +26,7 @@ class PruneConfig(Config):
     model: str
     out: Path
     method: str = "wanda"
-    sparsity: float = 0.5
+    sparsity: float | None = None  # default 0.5; an N:M pattern fixes it
     pattern: str = "unstructured"
     allocation: str = "uniform"
     policy: Path | None = None  # a policy JSON file; overrides method/sparsity/pattern/allocation
@@ -49,10 +49,14 @@ class PruneConfig(Config):
         self.out = Path(self.out)
         if self.policy is not None:
             self.policy = Path(self.policy)
+        check_out(self.out)
         if self.out.exists() and any(self.out.iterdir()) and not (self.out / POLICY_FILE).is_file():
             raise UserError(f"{self.out}: exists and is not an autoprune output folder; choose another --out")
-        if self.batch_size <= 0:
-            raise UserError(f"batch size must be positive, got {self.batch_size}")
+        check_positive(self, "batch_size", "calib_windows", "eval_windows")
+        nm = parse_pattern(self.pattern)
+        if nm is not None and self.sparsity is not None and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+            raise UserError(f"pattern {self.pattern} fixes sparsity at {1 - nm[0] / nm[1]:g}; "
+                            f"--sparsity {self.sparsity:g} contradicts it")
         if self.expert_allocation not in EXPERT_ALLOCATIONS:
             raise UserError(f"unknown expert allocation {self.expert_allocation!r} "
                             f"(choose {', '.join(EXPERT_ALLOCATIONS)})")
@@ -61,7 +65,8 @@ class PruneConfig(Config):
         if self.policy is not None:
             policy = Policy.load(self.policy)
         else:
-            policy = Policy.from_method(self.method, self.sparsity, self.pattern, self.allocation)
+            policy = Policy.from_method(self.method, 0.5 if self.sparsity is None else self.sparsity, self.pattern,
+                                        self.allocation)
         if self.metric is not None:
             from autoprune.export import metric_spec
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from autoprune.config import Config
+from autoprune.config import Config, check_out
 from autoprune.errors import UserError
 from autoprune.pruning.policy import Policy, parse_pattern
 from autoprune.search.budget import Budget, parse_budget
@@ -40,7 +40,7 @@ RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "sel
 class SearchConfig(Config):
     model: str
     budget: str = "5m"
-    sparsity: float = 0.5
+    sparsity: float | None = None  # default 0.5; an N:M pattern fixes it
     pattern: str = "unstructured"
     strategies: str = "gp,evo"
     calib: str | None = None  # None: tinystories:0-499 for the stories models, else c4
@@ -77,6 +77,7 @@ class SearchConfig(Config):
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        check_out(self.out)
         self.seconds = parse_budget(self.budget)
         stories = self.model.lower().startswith("stories")
         self.calib = self.calib or ("tinystories:0-499" if stories else "c4")
@@ -87,8 +88,11 @@ class SearchConfig(Config):
                             "than it is reported on")
         self.seqlen = self.seqlen or (256 if stories else 2048)
         nm = parse_pattern(self.pattern)
-        if nm is not None:
-            self.sparsity = 1 - nm[0] / nm[1]
+        implied = None if nm is None else 1 - nm[0] / nm[1]
+        if implied is not None and self.sparsity is not None and abs(self.sparsity - implied) > 1e-9:
+            raise UserError(f"pattern {self.pattern} fixes sparsity at {implied:g}; --sparsity {self.sparsity:g} "
+                            "contradicts it")
+        self.sparsity = implied if implied is not None else 0.5 if self.sparsity is None else self.sparsity
         Policy(sparsity=self.sparsity, pattern=self.pattern)  # validates both
         from autoprune.search.orchestrator import REGISTRY
 
@@ -263,8 +267,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     from autoprune.search.journal import Journal, read_json, write_json_atomic
     from autoprune.tracking import check_uri
 
-    check_uri(cfg.tracking_uri)  # fail fast, before anything is written or started
     fresh = None if resume else search_spec.resolve(cfg.spaces)  # a bad space file: refused before anything is made
+    check_uri(cfg.tracking_uri)  # fail fast, before anything is written or started
     probe_ray(cfg.ray_address)
     cfg = prepare_out(cfg, resume)
     out = cfg.out

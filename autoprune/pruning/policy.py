@@ -153,6 +153,8 @@ class Policy:
             raise UserError(f"{path}: policy file not found") from None
         except OSError as e:
             raise UserError(f"{path}: cannot read the policy file ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a policy file (not UTF-8 text)") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         except TypeError as e:
