@@ -127,7 +127,8 @@ class ProxyWorker:
         devices = sorted({str(p.device) for p in self.lm.model.parameters()})
         return {"error": None, "pid": os.getpid(), "block_sizes": sizes, "max_batches": self.evaluator.max_batches,
                 "per_forward": self.evaluator.suggested_per_forward(), "window_seconds": self.window_seconds,
-                "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(), "device": ",".join(devices)}
+                "host": socket.gethostname(), "device": ",".join(devices),
+                "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None}  # None: in-process
 
     def evaluate(self, policy: dict, batches: int | None = None, sequential: bool = False) -> dict:
         """Proxy-evaluate one policy. Explicit allocations of one metric go through a
