@@ -39,6 +39,7 @@ def test_candidates_nest_under_the_search_and_the_validated_rank_first(uri):
     assert rows[0]["winner"] and not rows[1]["winner"]
     assert rows[0]["expression"] == "ria" and rows[0]["eval_perplexity"] == pytest.approx(23.5)
     assert rows[2]["eval_perplexity"] is None
+    assert leaderboard(uri, "a") == leaderboard(uri, "a", direct=False)
     run = t.client.get_run(t.parent_run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["best_proxy_loss"] == 1.0
 
@@ -121,6 +122,8 @@ def test_top_mode_logs_curves_and_the_runs_that_matter_and_resumes_without_repea
     assert parent.data.tags["autoprune.winner"] == "candidate 20"
     assert "sparsegpt+owl | 21.000 | 22.000" in parent.data.tags["mlflow.note.content"]
     assert [r["candidate"] for r in leaderboard(uri, "top")][:3] == [20, "sparsegpt+owl", 18]
+    # the SQLite store read directly answers as MLflow's client does
+    assert leaderboard(uri, "top", 30) == leaderboard(uri, "top", 30, direct=False)
 
 
 def test_read_only_commands_create_no_store(tmp_path, monkeypatch, capsys):
