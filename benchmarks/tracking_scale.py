@@ -101,7 +101,7 @@ def main() -> None:
         exps = [e.experiment_id for e in client.search_experiments() if e.name.startswith("autoprune/")]
         searches = client.search_runs(exps, "tags.`autoprune.kind` = 'search'")
         leaderboard(uri, None, 15)
-        return len(pd.read_csv(client.download_artifacts(searches[0].info.run_id, "candidates.csv")))
+        return len(pd.read_csv(client.download_artifacts(searches[0].info.run_id, "candidates.csv"), low_memory=False))
 
     rows, nb = timed(notebook_queries)
     ui_s = ui_sorted_list(uri)
