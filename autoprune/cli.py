@@ -15,6 +15,7 @@ from autoprune.errors import UserError
 # command name -> module with add_parser(subparsers) and run(args) -> int
 COMMANDS = {
     "prune": "autoprune.commands.prune",
+    "shrink": "autoprune.commands.shrink",
     "eval": "autoprune.commands.eval",
     "export": "autoprune.commands.export",
     "search": "autoprune.commands.search",

@@ -311,7 +311,7 @@ def block_args(item: list, i: int) -> tuple[tuple, dict]:
     return own[i] if i < len(own) else (item[1], item[2])
 
 
-def _run_block(block: nn.Module, i: int, inputs: list[list]) -> None:
+def run_block(block: nn.Module, i: int, inputs: list[list]) -> None:
     """Block ``i`` on every batch: each item's hidden states become the block's outputs."""
     for item in inputs:
         args, kwargs = block_args(item, i)
@@ -362,7 +362,7 @@ def dense_blockwise(model: nn.Module, windows: Tensor, batch_size: int = 8, hess
     for i, (block, linears) in enumerate(zip(blocks, blocks_linears(model))):
         with _on(block, dev):
             with StatsCollector(linears, hessian=hessian, router_weighted=router_weighted) as col:
-                _run_block(block, i, inputs)  # the dense outputs become the next block's inputs
+                run_block(block, i, inputs)  # the dense outputs become the next block's inputs
         out.update({name: st if store is None else st.to(store) for name, st in col.stats.items()})
     return out
 
@@ -418,9 +418,9 @@ def prune_sequential(model: nn.Module, policy: Policy, windows: Tensor, batch_si
     for i in tqdm(range(len(blocks)), desc="pruning blocks", disable=not progress, leave=False):
         with _on(blocks[i], dev):
             with StatsCollector(bls[i], hessian=hessian, router_weighted=router_weighted) as col:
-                _run_block(blocks[i], i, [list(x) for x in inputs])  # statistics only; outputs discarded
+                run_block(blocks[i], i, [list(x) for x in inputs])  # statistics only; outputs discarded
             for name, lin in bls[i].items():
                 prune_linear(lin, per_layer[name], policy, col.stats[name], grads[name] if grads else None)
             del col
-            _run_block(blocks[i], i, inputs)  # the pruned block's outputs feed the next block
+            run_block(blocks[i], i, inputs)  # the pruned block's outputs feed the next block
     return _finish(bls, ratios, t0)

@@ -1,0 +1,76 @@
+"""``autoprune shrink``: structured pruning into a smaller, faster model folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from autoprune.commands import add_model_args, quiet_libraries
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("shrink", help="remove blocks, attention heads and MLP channels: a smaller, faster model",
+                       description="Remove whole structures (decoder blocks, KV groups with their query heads, MLP "
+                                   "channels), reconstruct the layers that read them, and write a smaller folder "
+                                   "that transformers loads with from_pretrained.")
+    add_model_args(p)
+    p.add_argument("--blocks", type=int, default=0, help="decoder blocks to drop, lowest Block Influence first")
+    p.add_argument("--heads", type=float, default=0.0, help="fraction of KV groups (a key/value head with its "
+                   "query heads) removed from every kept block")
+    p.add_argument("--channels", type=float, default=0.0, help="fraction of MLP channels removed from every kept block")
+    p.add_argument("--speedup", type=float, help="instead of a plan: the depth, width or mixed plan that reaches this "
+                   "measured decode speed-up on this machine with the lowest calibration-side perplexity")
+    p.add_argument("--importance", default="activation", help="activation (FLAP fluctuation), obs (SlimGPT's "
+                   "structured OBS), taylor (|W*G|), or a metric name or expression such as 'mul(abs(W), X)', "
+                   "summed over each structure's weights")
+    p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=True,
+                   help="least-squares compensation of what was removed in o_proj / down_proj (default: on)")
+    p.add_argument("--damp", type=float, default=0.01, help="reconstruction ridge, relative to the mean Gram diagonal")
+    p.add_argument("--calib", default="c4", help="calibration data: file or named set, optional :START-END")
+    p.add_argument("--calib-windows", type=int, default=128, help="calibration windows (default: 128)")
+    p.add_argument("--select", help="--speedup: data the plan is chosen on (default: the calibration set's "
+                   "windows the calibration did not draw)")
+    p.add_argument("--select-windows", type=int, default=16, help="selection windows (default: 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval", help="also report dense and shrunk perplexity on this data (chooses nothing)")
+    p.add_argument("--eval-windows", type=int, help="evaluate on the first N windows only")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from rich.console import Console
+    from rich.table import Table
+
+    from autoprune.jobs.shrink import ShrinkConfig, shrink
+
+    cfg = ShrinkConfig(model=args.model, out=args.out, blocks=args.blocks, heads=args.heads, channels=args.channels,
+                       speedup=args.speedup, importance=args.importance, reconstruct=args.reconstruct,
+                       damp=args.damp, calib=args.calib, calib_windows=args.calib_windows, select=args.select,
+                       select_windows=args.select_windows, seqlen=args.seqlen, seed=args.seed,
+                       batch_size=args.batch_size, eval=args.eval, eval_windows=args.eval_windows,
+                       device=args.device, dtype=args.dtype)
+    res = shrink(cfg)
+    if res.candidates:
+        cands = Table(title="plans reaching the speed-up (chosen on calibration-side perplexity)")
+        for col in ("family", "plan", "decode speed-up", "selection ppl"):
+            cands.add_column(col, justify="right")
+        for sel in res.candidates:
+            c = sel.candidate
+            cands.add_row(c.family, c.plan.describe(res.layout), f"{c.speedup:.2f}x", f"{sel.loss:.3f}")
+        Console().print(cands)
+    table = Table(title=f"autoprune shrink: {cfg.model}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    table.add_row("plan", res.plan.describe(res.layout) + (f" ({res.family})" if res.family else ""))
+    table.add_row("parameters", f"{res.report.params_before:,} -> {res.report.params_after:,}")
+    table.add_row("decode speed-up (measured, batch 1)", f"{res.speedup:.2f}x")
+    table.add_row("importance / reconstruct", f"{cfg.importance} / {'least squares' if cfg.reconstruct else 'none'}")
+    table.add_row("calibration", f"{cfg.calib_windows} x {cfg.seqlen} tokens of {cfg.calib}")
+    table.add_row("shrink seconds", f"{res.report.seconds:.1f}")
+    if res.perplexity is not None:
+        table.add_row(f"perplexity on {cfg.eval} (dense -> shrunk)", f"{res.dense_perplexity:.3f} -> {res.perplexity:.3f}")
+    table.add_row("saved to", str(res.out))
+    Console().print(table)
+    return 0
