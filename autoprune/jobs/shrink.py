@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from autoprune.config import Config
+from autoprune.config import Config, check_out, check_positive
 from autoprune.errors import UserError
 from autoprune.evaluation import perplexity
 from autoprune.jobs.common import calibration_windows, evaluation_windows, selection_windows
@@ -49,6 +49,8 @@ class ShrinkConfig(Config):
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        check_out(self.out)
+        check_positive(self, "calib_windows", "select_windows", "batch_size", "eval_windows")
         if self.out.exists() and any(self.out.iterdir()) and not (self.out / SHRINK_FILE).is_file():
             raise UserError(f"{self.out}: exists and is not an autoprune shrink folder; choose another --out")
         if not isinstance(self.blocks, int) or self.blocks < 0:
