@@ -107,6 +107,8 @@ class Orchestrator:
         for e in journal.results().values():
             self.cache[policy_key(e["policy"], e.get("batches"), e.get("sequential", False))] = e["result"]
         self.status = {"phase": "", "evaluated": {}, "best": None, "retried": 0, "replaced": 0}
+        for cid in journal.results():  # the best so far, kept up to date by _record (not re-sorted twice a second)
+            self._track_best(self.entry(cid))
         self.oracles: list[RemoteDamage] = []  # oracles of the phase running, closed at its end
 
     def _log(self, event: dict) -> dict:
@@ -328,8 +330,10 @@ class Orchestrator:
             self.cost = wall if self.cost == 0 else 0.8 * self.cost + 0.2 * wall
         strategies[name].tell(cand, ProxyResult(**result))
         self._save(phase, name, strategies[name])
+        entry = self.entry(cid)
+        self._track_best(entry)
         if self.tracker is not None:
-            self.tracker.log_candidate(self.entry(cid))
+            self.tracker.log_candidate(entry)
         ev = self.status["evaluated"]
         ev[name] = ev.get(name, 0) + 1
 
@@ -359,10 +363,19 @@ class Orchestrator:
                 break
         return out
 
+    def _track_best(self, e: dict) -> None:
+        """The status's best: the lowest full-fidelity loss, one-shot before sequential (as
+        ``best_entries(1, sequential_first=False)``), updated one result at a time."""
+        if e["fidelity"] < 1.0 or e["result"]["error"] is not None:
+            return
+        rank = (bool(e.get("sequential")), e["result"]["loss"])
+        best = self.status["best"]
+        if best is None or rank < (bool(best.get("sequential")), best["result"]["loss"]):
+            self.status["best"] = e
+
     def _update(self) -> None:
-        best = self.best_entries(1, sequential_first=False)
-        self.status.update(best=best[0] if best else None, retried=self.pool.retried, replaced=self.pool.replaced,
-                           left=self.budget.left, total=len(self.journal.of("result")))
+        self.status.update(retried=self.pool.retried, replaced=self.pool.replaced, left=self.budget.left,
+                           total=len(self.journal.results()))
         self.on_update(self.status)
 
     # -- final validation -----------------------------------------------------------------
