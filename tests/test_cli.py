@@ -7,15 +7,9 @@ import sys
 import pytest
 
 from autoprune.cli import main
+from tests.cli_check import one_line_error
 
 ARGS = ["--model", "stories260K", "--seqlen", "128"]
-
-
-def _one_line_error(capsys, argv, match):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert match in err, err
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +90,7 @@ def test_bad_input_one_line_exit_2(capsys, tmp_path, monkeypatch, argv, match):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and match in err
     else:
-        _one_line_error(capsys, argv, match)
+        one_line_error(capsys, argv, match)
 
 
 def test_prune_with_the_admm_update(capsys, tmp_path):
@@ -113,18 +107,18 @@ def test_prune_with_the_admm_update(capsys, tmp_path):
 def test_empty_and_bad_files(capsys, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
-    _one_line_error(capsys, ["eval", *ARGS, "--data", str(empty)], "no text")
+    one_line_error(capsys, ["eval", *ARGS, "--data", str(empty)], "no text")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\nnot json\n')
-    _one_line_error(capsys, ["eval", *ARGS, "--data", str(bad)], "bad.jsonl:2: not a JSON object")
+    one_line_error(capsys, ["eval", *ARGS, "--data", str(bad)], "bad.jsonl:2: not a JSON object")
     badpolicy = tmp_path / "p.json"
     badpolicy.write_text('{"metric": "wanda", "sparsity": 0.5, "colour": "red"}')
-    _one_line_error(capsys, ["prune", *ARGS, "--policy", str(badpolicy), "--out", str(tmp_path / "o")],
+    one_line_error(capsys, ["prune", *ARGS, "--policy", str(badpolicy), "--out", str(tmp_path / "o")],
                     "unknown policy keys: colour")
     other = tmp_path / "occupied"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    _one_line_error(capsys, ["prune", *ARGS, "--out", str(other)], "not an autoprune output folder")
+    one_line_error(capsys, ["prune", *ARGS, "--out", str(other)], "not an autoprune output folder")
     assert (other / "keep.txt").read_text() == "mine"
 
 

@@ -14,6 +14,7 @@ from autoprune.export_recipes import to_levels, to_llmcompressor
 from autoprune.pruning.allocation import block_ratios, layer_ratios
 from autoprune.pruning.engine import blocks_linears
 from autoprune.pruning.policy import Policy
+from tests.cli_check import one_line_error
 
 EXPLICIT = Policy(metric="wanda", sparsity=0.5, allocation="explicit", block_ratios=(0.47, 0.49, 0.5, 0.51, 0.53),
                   layer_ratios=[{"mlp.down_proj": 0.45}, {}, {}, {}, {"self_attn.q_proj": 0.55}])
@@ -146,13 +147,6 @@ def test_levels_refuse_ratio_beyond_the_grid(stories):
     assert to_levels(wide, stories.model, weights_diff=2000).count("\n") == 35
 
 
-def _one_line_error(capsys, argv, match):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert match in err, err
-
-
 @pytest.fixture(scope="module")
 def blockless(stories, tmp_path_factory):
     """A Llama folder with no decoder blocks (num_hidden_layers=0)."""
@@ -183,7 +177,7 @@ def test_bad_input_is_one_line_exit_2(case, extra, match, blockless, tmp_path, c
     Policy(sparsity=0.5).save(files["uniform"])
     Policy(sparsity=0.5, allocation="explicit", block_ratios=(0.5, 0.5, 0.5)).save(files["short"])
     extra = [str(blockless) if a == "BLOCKLESS" else a for a in extra]
-    _one_line_error(capsys, ["export", str(files.get(case, "wanda")), *extra], match)
+    one_line_error(capsys, ["export", str(files.get(case, "wanda")), *extra], match)
 
 
 def test_gpt2_conv1d_is_refused_by_llmcompressor_but_has_levels():

@@ -26,3 +26,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16 (default: auto)")
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default: 2048)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+
+
+def print_report(title: str, rows: list[tuple[str, str]]) -> None:
+    """A command's result: a two-column table of (field, value)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for field, value in rows:
+        table.add_row(field, value)
+    Console().print(table)

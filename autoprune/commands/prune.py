@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprune.commands import add_model_args, quiet_libraries
+from autoprune.commands import add_model_args, print_report, quiet_libraries
 
 
 def add_parser(sub) -> None:
@@ -40,9 +40,6 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
-    from rich.console import Console
-    from rich.table import Table
-
     from autoprune.jobs.prune import PruneConfig, prune
 
     cfg = PruneConfig(model=args.model, out=args.out, method=args.method, sparsity=args.sparsity,
@@ -52,18 +49,14 @@ def run(args: argparse.Namespace) -> int:
                       device=args.device, dtype=args.dtype, offload=args.offload,
                       expert_allocation=args.expert_allocation, router_weighted=args.router_weighted)
     res = prune(cfg)
-    table = Table(title=f"autoprune prune: {cfg.model}")
-    table.add_column("field")
-    table.add_column("value", justify="right")
-    table.add_row("metric", res.policy.metric)
-    table.add_row("pattern / allocation", f"{res.policy.pattern} / {res.policy.allocation}")
-    table.add_row("update", res.policy.update)
-    table.add_row("target sparsity", f"{res.policy.sparsity:.4f}")
-    table.add_row("achieved sparsity", f"{res.report.sparsity:.4f}")
-    table.add_row("calibration", f"{cfg.calib_windows} x {cfg.seqlen} tokens of {cfg.calib}")
-    table.add_row("pruning seconds", f"{res.report.seconds:.1f}")
+    rows = [("metric", res.policy.metric),
+            ("pattern / allocation", f"{res.policy.pattern} / {res.policy.allocation}"),
+            ("update", res.policy.update),
+            ("target sparsity", f"{res.policy.sparsity:.4f}"),
+            ("achieved sparsity", f"{res.report.sparsity:.4f}"),
+            ("calibration", f"{cfg.calib_windows} x {cfg.seqlen} tokens of {cfg.calib}"),
+            ("pruning seconds", f"{res.report.seconds:.1f}")]
     if res.perplexity is not None:
-        table.add_row(f"perplexity on {cfg.eval} (dense -> pruned)", f"{res.dense_perplexity:.3f} -> {res.perplexity:.3f}")
-    table.add_row("saved to", str(res.out))
-    Console().print(table)
+        rows.append((f"perplexity on {cfg.eval} (dense -> pruned)", f"{res.dense_perplexity:.3f} -> {res.perplexity:.3f}"))
+    print_report(f"autoprune prune: {cfg.model}", rows + [("saved to", str(res.out))])
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprune.commands import add_model_args, quiet_libraries
+from autoprune.commands import add_model_args, print_report, quiet_libraries
 
 
 def add_parser(sub) -> None:
@@ -60,17 +60,13 @@ def run(args: argparse.Namespace) -> int:
             c = sel.candidate
             cands.add_row(c.family, c.plan.describe(res.layout), f"{c.speedup:.2f}x", f"{sel.loss:.3f}")
         Console().print(cands)
-    table = Table(title=f"autoprune shrink: {cfg.model}")
-    table.add_column("field")
-    table.add_column("value", justify="right")
-    table.add_row("plan", res.plan.describe(res.layout) + (f" ({res.family})" if res.family else ""))
-    table.add_row("parameters", f"{res.report.params_before:,} -> {res.report.params_after:,}")
-    table.add_row("decode speed-up (measured, batch 1)", f"{res.speedup:.2f}x")
-    table.add_row("importance / reconstruct", f"{cfg.importance} / {'least squares' if cfg.reconstruct else 'none'}")
-    table.add_row("calibration", f"{cfg.calib_windows} x {cfg.seqlen} tokens of {cfg.calib}")
-    table.add_row("shrink seconds", f"{res.report.seconds:.1f}")
+    rows = [("plan", res.plan.describe(res.layout) + (f" ({res.family})" if res.family else "")),
+            ("parameters", f"{res.report.params_before:,} -> {res.report.params_after:,}"),
+            ("decode speed-up (measured, batch 1)", f"{res.speedup:.2f}x"),
+            ("importance / reconstruct", f"{cfg.importance} / {'least squares' if cfg.reconstruct else 'none'}"),
+            ("calibration", f"{cfg.calib_windows} x {cfg.seqlen} tokens of {cfg.calib}"),
+            ("shrink seconds", f"{res.report.seconds:.1f}")]
     if res.perplexity is not None:
-        table.add_row(f"perplexity on {cfg.eval} (dense -> shrunk)", f"{res.dense_perplexity:.3f} -> {res.perplexity:.3f}")
-    table.add_row("saved to", str(res.out))
-    Console().print(table)
+        rows.append((f"perplexity on {cfg.eval} (dense -> shrunk)", f"{res.dense_perplexity:.3f} -> {res.perplexity:.3f}"))
+    print_report(f"autoprune shrink: {cfg.model}", rows + [("saved to", str(res.out))])
     return 0

@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -319,7 +320,9 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
         for e in orch.entries():  # an interrupted session's candidates: what the store misses is logged
             tracker.log_candidate(e)
         outcome = orch.run()
-        artifacts = write_results(cfg, orch, outcome)
+        entries = orch.entries()
+        counts = dict(Counter(e["strategy"] for e in entries))
+        artifacts = write_results(cfg, orch, outcome, entries, counts)
         if cfg.save_model:  # after the budget: one more sequential pruning, then save_pretrained
             pool.refill()
             pool.submit("save", "validate", outcome.best.to_dict(), str(out / "model"))
@@ -332,13 +335,10 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
         journal.append({"event": "done", "t": round(budget.elapsed, 3)})
         phases = phase_seconds(journal.events)
         write_json_atomic(out / SUMMARY_FILE, {**read_json(out / SUMMARY_FILE), "phase_seconds": phases})
-        counts = {}
-        for e in orch.entries():
-            counts[e["strategy"]] = counts.get(e["strategy"], 0) + 1
         tracker.finish({"best_proxy_loss": outcome.proxy_loss, "best_eval_perplexity": outcome.perplexity,
                         "best_select_perplexity": outcome.select_perplexity,
                         "candidates": sum(counts.values()), **tracking_metrics(outcome.baselines)}, artifacts,
-                       runs=strategy_bests(orch.entries()), recipes=outcome.baselines, winner=winner_row(outcome),
+                       runs=strategy_bests(entries), recipes=outcome.baselines, winner=winner_row(outcome),
                        validated=[(orch.entry(v["id"]), {"select_perplexity": v["select_perplexity"],
                                                           "eval_perplexity": v["eval_perplexity"]})
                                   for v in outcome.validated])
@@ -402,8 +402,9 @@ def phase_seconds(events: list[dict]) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
-    """best_policy.json, metric exports, plots and summary.json in the run folder; their paths."""
+def write_results(cfg: SearchConfig, orch, outcome, entries: list[dict], counts: dict[str, int]) -> list[Path]:
+    """best_policy.json, the winner's exports, plots, candidates.csv and summary.json in the run
+    folder (``entries``: every candidate; ``counts``: candidates per strategy); their paths."""
     from autoprune.search.journal import write_json_atomic
     from autoprune.search.plots import plot_layer_ratios, plot_progress
     from autoprune.search.spec import SPEC_FILE
@@ -421,7 +422,6 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
     best.save(out / BEST_FILE)
     files.append(out / BEST_FILE)
     files += export_metric(best, out / "winner")
-    entries = orch.entries()
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     if entries:
@@ -432,9 +432,6 @@ def write_results(cfg: SearchConfig, orch, outcome) -> list[Path]:
         winner = next((label for (label, _), v in zip(ratios, outcome.validated) if v["id"] == outcome.best_id),
                       outcome.recipe)
         files.append(plot_layer_ratios(ratios, plots / "layer_ratios.png", winner, recipes))
-    counts: dict[str, int] = {}
-    for e in entries:
-        counts[e["strategy"]] = counts.get(e["strategy"], 0) + 1
     files.append(write_candidates(entries, outcome, out / CANDIDATES_FILE))
     write_json_atomic(out / SUMMARY_FILE, {
         "config": cfg.to_dict(), "winner": winner_row(outcome), "ranking": ranking(outcome),
