@@ -18,8 +18,21 @@ def add_parser(sub) -> None:
     p.add_argument("--heads", type=float, default=0.0, help="fraction of KV groups (a key/value head with its "
                    "query heads) removed from every kept block")
     p.add_argument("--channels", type=float, default=0.0, help="fraction of MLP channels removed from every kept block")
-    p.add_argument("--speedup", type=float, help="instead of a plan: the depth, width or mixed plan that reaches this "
-                   "measured decode speed-up on this machine with the lowest calibration-side perplexity")
+    p.add_argument("--speedup", type=float, help="instead of a plan: the plan that reaches this measured decode "
+                   "speed-up on this machine with the lowest calibration-side perplexity, found by --search")
+    p.add_argument("--search", default="tpe", help="how --speedup finds the plan: tpe (default), nsga2 or evo search "
+                   "which blocks go and the widths of the rest, each trial timed and scored by a cheap proxy; "
+                   "families: the least-removal depth, width, width+heads and mixed plans, by bisection")
+    p.add_argument("--trials", type=int, help="search trials (default: 40; about 10-15 s each on SmolLM2-135M)")
+    p.add_argument("--pareto", action="store_true", help="map the front of proxy perplexity against measured "
+                   "speed-up (pareto.csv, pareto.png); the model saved is the front's best plan at --speedup")
+    p.add_argument("--finalists", type=int, default=3, help="best searched plans shrunk for real and scored on the "
+                   "selection windows (default: 3)")
+    p.add_argument("--proxy-windows", type=int, default=4, help="calibration-side windows the search's proxy "
+                   "scores each plan on (default: 4)")
+    p.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db", help="MLflow tracking URI of a search "
+                   "(default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--experiment", default="shrink", help="MLflow experiment of a search (default: shrink)")
     p.add_argument("--importance", default="activation", help="activation (FLAP fluctuation), obs (SlimGPT's "
                    "structured OBS), taylor (|W*G|), or a metric name or expression such as 'mul(abs(W), X)', "
                    "summed over each structure's weights")
@@ -46,12 +59,18 @@ def run(args: argparse.Namespace) -> int:
     from autoprune.jobs.shrink import ShrinkConfig, shrink
 
     cfg = ShrinkConfig(model=args.model, out=args.out, blocks=args.blocks, heads=args.heads, channels=args.channels,
-                       speedup=args.speedup, importance=args.importance, reconstruct=args.reconstruct,
+                       speedup=args.speedup, search=args.search, trials=args.trials, pareto=args.pareto,
+                       finalists=args.finalists, proxy_windows=args.proxy_windows, tracking_uri=args.tracking_uri,
+                       experiment=args.experiment, importance=args.importance, reconstruct=args.reconstruct,
                        damp=args.damp, calib=args.calib, calib_windows=args.calib_windows, select=args.select,
                        select_windows=args.select_windows, seqlen=args.seqlen, seed=args.seed,
                        batch_size=args.batch_size, eval=args.eval, eval_windows=args.eval_windows,
                        device=args.device, dtype=args.dtype)
     res = shrink(cfg)
+    if res.trials:
+        print(f"{cfg.search}: {len(res.trials)} trials, {sum(t.feasible for t in res.trials)} reached "
+              f"{cfg.speedup:g}x, {len(res.front)} on the Pareto front; trials in {res.out / 'trials.csv'}, "
+              f"MLflow {cfg.tracking_uri}")
     if res.candidates:
         cands = Table(title="plans reaching the speed-up (chosen on calibration-side perplexity)")
         for col in ("family", "plan", "decode speed-up", "selection ppl"):
@@ -63,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [("plan", res.plan.describe(res.layout) + (f" ({res.family})" if res.family else "")),
             ("parameters", f"{res.report.params_before:,} -> {res.report.params_after:,}"),
             ("decode speed-up (measured, batch 1)", f"{res.speedup:.2f}x"),
+            ("decode tokens/s (dense -> shrunk)", f"{res.tokens_per_s[0]:.1f} -> {res.tokens_per_s[1]:.1f}"),
             ("importance / reconstruct", f"{cfg.importance} / {'least squares' if cfg.reconstruct else 'none'}"),
             ("calibration", f"{cfg.calib_windows} x {cfg.seqlen} tokens of {cfg.calib}"),
             ("shrink seconds", f"{res.report.seconds:.1f}")]

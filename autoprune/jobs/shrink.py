@@ -1,8 +1,19 @@
 """``autoprune shrink``: remove blocks, KV groups and MLP channels; save a smaller ``from_pretrained`` folder.
 
-Either an explicit plan (``blocks``, ``heads``, ``channels``) or a target ``speedup``: the plan
-(depth, width or mixed) that reaches that measured decode speed-up on this machine with the lowest
-perplexity on calibration-side windows (``autoprune.structured.speedup``).
+Either an explicit plan (``blocks``, ``heads``, ``channels``) or a target ``speedup``, and then how
+the plan is found (``search``):
+
+- ``tpe`` (default), ``nsga2``, ``evo``: a search over which blocks go and the uniform widths
+  (``structured.space``), each trial's speed-up measured on this machine and its quality scored by a
+  one-shot proxy on a few calibration-side windows (``structured.search``, ``structured.proxy``);
+  plans short of the target are infeasible. With ``pareto`` the search maps the front of proxy
+  perplexity against measured speed-up instead (``pareto.csv``) and the model saved is the front's
+  best plan at the target. Logged to MLflow (a run per trial) and to ``trials.csv`` / ``pareto.png``.
+- ``families``: each family's least-removal plan (depth, width, width+heads, mixed) found by
+  bisection (``structured.speedup``).
+
+Either way the finalists are shrunk for real and the one with the lowest perplexity on the
+selection windows (calibration side) is saved.
 """
 
 from __future__ import annotations
@@ -11,17 +22,28 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from autoprune.config import Config, check_out, check_positive
 from autoprune.errors import UserError
 from autoprune.evaluation import perplexity
+from autoprune.data import load_documents, tokenize_windows
+from autoprune.data.windows import sample_indices
 from autoprune.jobs.common import calibration_windows, evaluation_windows, selection_windows
 from autoprune.models import load_model
 from autoprune.structured import (Importance, Plan, Planner, ShrinkReport, dense_block_influence, discover, select_plan,
                                   shrink_model)
 from autoprune.structured.layout import Layout, check_plan, require
+from autoprune.structured.driver import SearchSettings, search_plans, write_trials
+from autoprune.structured.search import Trial
 from autoprune.structured.speedup import Selected
 
 SHRINK_FILE = "autoprune_shrink.json"
+TRIALS_FILE = "trials.csv"
+FRONT_FILE = "pareto.csv"
+PLOT_FILE = "pareto.png"
+SEARCHES = ("tpe", "nsga2", "evo", "families")
+DEFAULT_TRIALS = 40  # SmolLM2-135M on one CPU core: about 10-15 s a trial, 40 in about 8 minutes
 
 
 @dataclass
@@ -42,6 +64,13 @@ class ShrinkConfig(Config):
     seqlen: int = 2048
     seed: int = 0
     batch_size: int = 8
+    search: str = "tpe"  # --speedup: tpe, nsga2, evo (a searched plan) or families (bisection per family)
+    trials: int | None = None  # search trials (default DEFAULT_TRIALS)
+    pareto: bool = False  # map the front of proxy perplexity against measured speed-up (tpe or nsga2)
+    finalists: int = 3  # best searched plans by proxy shrunk for real and scored on the selection windows
+    proxy_windows: int = 4  # calibration-side windows the search's proxy scores each plan on
+    tracking_uri: str = "sqlite:///runs/mlflow.db"
+    experiment: str = "shrink"  # MLflow experiment (prefixed autoprune/) of a search
     eval: str | None = None  # data to report dense and shrunk perplexity on (chooses nothing)
     eval_windows: int | None = None
     device: str = "auto"
@@ -71,6 +100,26 @@ class ShrinkConfig(Config):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         Importance(self.importance)  # UserError for an unknown or unsuitable metric
+        check_positive(self, "trials", "finalists", "proxy_windows")
+        if self.search not in SEARCHES:
+            raise UserError(f"unknown --search {self.search!r} (choose {', '.join(SEARCHES)})")
+        if self.speedup is None and (self.trials is not None or self.pareto):
+            raise UserError("--trials and --pareto set a search for a --speedup; pass --speedup")
+        if self.search == "families" and (self.trials is not None or self.pareto):
+            raise UserError("--search families measures each family's plan by bisection: it takes no --trials "
+                            "or --pareto; choose --search tpe, nsga2 or evo")
+        if self.pareto and self.search == "evo":
+            raise UserError("--pareto searches with tpe or nsga2, not evo")
+        if self.trials is None and self.speedup is not None and self.search != "families":
+            self.trials = DEFAULT_TRIALS
+
+    @property
+    def searched(self) -> bool:
+        return self.speedup is not None and self.search != "families"
+
+    def search_settings(self) -> SearchSettings:
+        return SearchSettings(self.search, self.speedup, self.trials, self.pareto, self.finalists, self.seed,
+                              self.importance, self.reconstruct, self.damp, self.batch_size)
 
     def plan(self, layout: Layout) -> Plan:
         """The explicit plan in counts (fractions rounded to the nearest whole structure)."""
@@ -96,28 +145,42 @@ class ShrinkResult:
     candidates: tuple[Selected, ...] = ()  # --speedup: each candidate, its selection perplexity and report
     dense_perplexity: float | None = None
     perplexity: float | None = None
+    tokens_per_s: tuple[float, float] | None = None  # measured decode tokens/s (batch 1), dense and shrunk
+    trials: tuple[Trial, ...] = ()  # a search's trials, in order
+    front: tuple[Trial, ...] = ()  # their Pareto front (proxy perplexity against speed-up)
 
 
 def shrink(cfg: ShrinkConfig, progress: bool = True) -> ShrinkResult:
     importance = Importance(cfg.importance)
+    if cfg.searched:
+        from autoprune.tracking import check_uri
+
+        check_uri(cfg.tracking_uri)  # fail fast, before the model loads
     lm = load_model(cfg.model, cfg.dtype, cfg.device)
     layout = discover(lm.model)
     plan = cfg.plan(layout) if cfg.speedup is None else None  # refuse a bad plan before the slow part
     planner = Planner(lm.model)
-    candidates = planner.candidates(cfg.speedup) if cfg.speedup is not None else ()
+    if cfg.speedup is not None:
+        planner.check_reachable(cfg.speedup)
+    candidates = planner.candidates(cfg.speedup) if cfg.speedup is not None and not cfg.searched else ()
     calib = calibration_windows(lm.tokenizer, cfg.calib, cfg.calib_windows, cfg.seqlen, cfg.seed)
     evalw = evaluation_windows(lm.tokenizer, cfg.eval, cfg.seqlen, cfg.eval_windows) if cfg.eval else None
     dense_ppl = perplexity(lm.model, evalw, cfg.batch_size, progress).perplexity if evalw is not None else None
-    family, scored = None, ()
+    family, scored, trials, front = None, (), (), ()
     if cfg.speedup is None:
         speedup = planner.speedup(plan)  # timed on a copy cut to the plan's shapes, before the model changes
         report = shrink_model(lm.model, plan, calib, importance, cfg.reconstruct, cfg.damp, cfg.batch_size,
                               progress, name=cfg.model)
         model = lm.model
     else:
-        select = selection_windows(lm.tokenizer, cfg.select or cfg.calib, cfg.select_windows, cfg.seqlen, cfg.seed,
-                                   cfg.calib, ((cfg.calib_windows, cfg.seed),))
-        influence = dense_block_influence(lm.model, calib, cfg.batch_size) if layout.blocks > 1 else None
+        select, proxy = search_windows(lm.tokenizer, cfg)
+        if cfg.searched:
+            tracker = open_tracker(cfg)
+            found = search_plans(lm.model, planner, calib, proxy, cfg.search_settings(),
+                                 lambda t: tracker.log_trial(t.row(layout), cfg.search), progress)
+            candidates, influence, trials, front = found.candidates, list(found.influence), found.trials, found.front
+        else:
+            influence = dense_block_influence(lm.model, calib, cfg.batch_size) if layout.blocks > 1 else None
         model, chosen = select_plan(lm.model, list(candidates), calib, select, importance, cfg.reconstruct, cfg.damp,
                                     cfg.batch_size, influence, progress)
         best = min(chosen, key=lambda s: s.loss)
@@ -128,8 +191,63 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> ShrinkResult:
     cfg.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(cfg.out)
     lm.tokenizer.save_pretrained(cfg.out)
-    result = ShrinkResult(cfg.out, layout, plan, report, speedup, family, scored, dense_ppl, ppl)
-    record = {k: v for k, v in asdict(result).items() if k != "out"}
+    result = ShrinkResult(cfg.out, layout, plan, report, speedup, family, scored, dense_ppl, ppl,
+                          planner.tokens_per_second(plan), tuple(trials), tuple(front))
+    record = {k: v for k, v in asdict(result).items() if k not in ("out", "trials", "front")}
     (cfg.out / SHRINK_FILE).write_text(json.dumps({"config": cfg.to_dict(), "description": plan.describe(layout),
                                                    **record}, indent=2) + "\n")
+    if cfg.searched:
+        write_search(cfg, result, tracker)
     return result
+
+
+def open_tracker(cfg: ShrinkConfig):
+    from autoprune.tracking import EXPERIMENT_PREFIX, ShrinkTracker
+
+    return ShrinkTracker(cfg.tracking_uri, EXPERIMENT_PREFIX + cfg.experiment, cfg.to_dict())
+
+
+def write_search(cfg: ShrinkConfig, res: ShrinkResult, tracker) -> None:
+    """``trials.csv``, ``pareto.csv`` (with ``--pareto``) and ``pareto.png`` in the folder; the chosen trial,
+    the finalists' selection perplexities and the result closing the MLflow run."""
+    from autoprune.structured.plots import plot_front
+
+    files = [write_trials(cfg.out / TRIALS_FILE, list(res.trials), res.layout)]
+    if cfg.pareto:
+        files.append(write_trials(cfg.out / FRONT_FILE, list(res.front), res.layout))
+    number = {}
+    for t in res.trials:
+        number.setdefault(t.plan, t.number)
+    chosen = next(t for t in res.trials if t.plan == res.plan)
+    dense_rate = res.tokens_per_s[0] if res.tokens_per_s else None
+    files.append(plot_front(list(res.trials), cfg.out / PLOT_FILE, dense_rate * cfg.speedup if dense_rate else None,
+                            chosen, f"{cfg.model}: {cfg.search}, {len(res.trials)} trials, target {cfg.speedup:g}x"))
+    tracker.finish(chosen.number, {number[c.candidate.plan]: c.loss for c in res.candidates},
+                   {"speedup": res.speedup, "select_ppl": min(c.loss for c in res.candidates),
+                    "eval_ppl": res.perplexity, "dense_eval_ppl": res.dense_perplexity,
+                    "params_after": res.report.params_after, "params_before": res.report.params_before,
+                    "tokens_per_s": res.tokens_per_s[1] if res.tokens_per_s else None,
+                    "feasible_trials": sum(t.feasible for t in res.trials), "front_size": len(res.front)},
+                   [*files, cfg.out / SHRINK_FILE])
+
+
+
+def search_windows(tokenizer, cfg: ShrinkConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selection windows (as ``selection_windows`` draws them) and the search's proxy windows:
+    from the calibration set, among the windows neither the calibration nor the selection took."""
+    drawn = ((cfg.calib_windows, cfg.seed),)
+    select = selection_windows(tokenizer, cfg.select or cfg.calib, cfg.select_windows, cfg.seqlen, cfg.seed,
+                               cfg.calib, drawn)
+    if not cfg.searched:
+        return select, select[:0]
+    windows = tokenize_windows(tokenizer, load_documents(cfg.calib), cfg.seqlen)
+    used = set(sample_indices(len(windows), cfg.calib_windows, cfg.seed).tolist())
+    free = [i for i in range(len(windows)) if i not in used]
+    if (cfg.select or cfg.calib) == cfg.calib:
+        taken = set(torch.tensor(free)[sample_indices(len(free), cfg.select_windows, cfg.seed)].tolist())
+        free = [i for i in free if i not in taken]
+    if len(free) < cfg.proxy_windows:
+        raise UserError(f"{cfg.calib} gives {len(windows)} windows; after the calibration and selection windows only "
+                        f"{len(free)} are left for the search's proxy, not {cfg.proxy_windows}: lower --proxy-windows "
+                        "or --calib-windows")
+    return select, windows[torch.tensor(free)[sample_indices(len(free), cfg.proxy_windows, cfg.seed + 1)]]

@@ -1,6 +1,7 @@
 """Apply a structured plan to a model in place, calibrated block by block.
 
-Order: the blocks with the lowest Block Influence (on the dense model) are dropped first; then,
+Order: the plan's blocks are dropped first (by default those with the lowest Block Influence on the
+dense model); then,
 block by block on the outputs of the already shrunk blocks before it (the sequential protocol of
 SparseGPT and SlimGPT), the block's attention loses its least important KV groups (scored on the
 block's inputs, o_proj reconstructed from its input Gram), then its MLP its least important
@@ -33,7 +34,7 @@ from autoprune.structured.surgery import (apply_config, config_changes, drop_blo
 class ShrinkReport:
     plan: Plan
     dropped_blocks: tuple[int, ...]  # indices in the dense model
-    block_influence: tuple[float, ...]  # of the dense model's blocks; () when no block was dropped
+    block_influence: tuple[float, ...]  # of the dense model's blocks; () unless it chose the dropped ones
     kept_kv_groups: tuple[tuple[int, ...], ...]  # per kept block; () when no head was removed
     params_before: int
     params_after: int
@@ -81,7 +82,9 @@ def shrink_model(model: nn.Module, plan: Plan, windows: Tensor, importance: Impo
     check_plan(plan, layout, name)
     before = parameters(model)
     drop: list[int] = []
-    if plan.blocks:
+    if plan.drop:
+        drop = list(plan.drop)
+    elif plan.blocks:
         influence = influence or dense_block_influence(model, windows, batch_size)
         drop = sorted(sorted(range(layout.blocks), key=lambda i: influence[i])[:plan.blocks])
     kept = [i for i in range(layout.blocks) if i not in drop]
@@ -90,7 +93,7 @@ def shrink_model(model: nn.Module, plan: Plan, windows: Tensor, importance: Impo
         drop_blocks(model, layout, drop)
     kept_groups = _shrink_widths(model, layout, plan, windows, importance, reconstruct, damp, batch_size, progress)
     apply_config(model, changes)
-    return ShrinkReport(plan, tuple(drop), tuple(influence or ()) if drop else (), kept_groups, before,
+    return ShrinkReport(plan, tuple(drop), tuple(influence or ()) if drop and not plan.drop else (), kept_groups, before,
                         parameters(model), time.perf_counter() - t0)
 
 

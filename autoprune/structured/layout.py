@@ -55,16 +55,25 @@ class Layout:
 @dataclass(frozen=True)
 class Plan:
     """A uniform structured plan: ``blocks`` decoder blocks dropped, and in every kept block the same
-    ``kv_groups`` KV groups (with their query heads) and ``channels`` MLP channels removed."""
+    ``kv_groups`` KV groups (with their query heads) and ``channels`` MLP channels removed.
+    ``drop``: which blocks (dense indices, sorted, ``blocks`` of them), as a search chooses them;
+    empty: the ``blocks`` with the lowest Block Influence (ShortGPT)."""
 
     blocks: int = 0
     kv_groups: int = 0
     channels: int = 0
+    drop: tuple[int, ...] = ()
+
+    @property
+    def shape(self) -> "Plan":
+        """The plan without its block choice: what its speed depends on (every block has one shape)."""
+        return Plan(self.blocks, self.kv_groups, self.channels)
 
     def describe(self, layout: Layout) -> str:
         parts = []
         if self.blocks:
-            parts.append(f"-{self.blocks}/{layout.blocks} blocks")
+            which = f" [{' '.join(map(str, self.drop))}]" if self.drop else ""
+            parts.append(f"-{self.blocks}/{layout.blocks} blocks{which}")
         if self.kv_groups:
             parts.append(f"-{self.kv_groups * layout.n_rep}/{layout.heads} heads")
         if self.channels:
@@ -123,6 +132,10 @@ def check_plan(plan: Plan, layout: Layout, model_name: str) -> None:
     require(layout, plan.kv_groups > 0, plan.channels > 0, model_name)
     if not 0 <= plan.blocks < layout.blocks:
         raise UserError(f"{model_name}: cannot drop {plan.blocks} of its {layout.blocks} blocks (at least one stays)")
+    if plan.drop and (len(plan.drop) != plan.blocks or list(plan.drop) != sorted(set(plan.drop))
+                      or not 0 <= plan.drop[0] <= plan.drop[-1] < layout.blocks):
+        raise UserError(f"{model_name}: blocks to drop {list(plan.drop)} are not {plan.blocks} distinct sorted "
+                        f"indices below {layout.blocks}")
     if plan.kv_groups and plan.kv_groups not in layout.valid_kv_removals():
         fractions = ", ".join(f"{r / layout.kv_heads:.4g}" for r in layout.valid_kv_removals()[1:]) or "none"
         raise UserError(f"{model_name}: removing {plan.kv_groups} of {layout.kv_heads} KV groups leaves a head count "

@@ -92,34 +92,54 @@ class Planner:
     def __init__(self, model: nn.Module, probe: Probe = SEARCH_PROBE, align: int | None = None):
         self.model, self.probe = model, probe
         self.layout = discover(model)
-        self.measured: dict[Plan, list[float]] = {}
+        self.measured: dict[Plan, list[float]] = {}  # plan shape -> speed-ups measured
+        self.rates: dict[Plan, list[tuple[float, float]]] = {}  # plan shape -> (dense, shrunk) decode tokens/s
         c = self.layout.channels
         self.align = align or (32 if c >= 512 else 4)
         self.channel_removals = [c - k for k in range((c - 1) // self.align * self.align, 0, -self.align)]
 
     def speedup(self, plan: Plan) -> float:
-        """The mean of the plan's measurements (one, taken now, if there are none yet)."""
-        if plan not in self.measured:
+        """The mean of the measurements of the plan's shape (one, taken now, if there are none yet);
+        which blocks a plan drops does not change its speed."""
+        if plan.shape not in self.measured:
             self.confirm(plan)
-        return statistics.mean(self.measured[plan])
+        return statistics.mean(self.measured[plan.shape])
 
     def confirm(self, plan: Plan) -> float:
-        """One more measurement of ``plan``; the mean of all of them."""
-        s = decode_speedup(self.model, cut(self.model, self.layout, plan), self.probe)
-        self.measured.setdefault(plan, []).append(s)
-        return statistics.mean(self.measured[plan])
+        """One more measurement of ``plan``'s shape; the mean of all of them."""
+        s, dense, shrunk = decode_speedup(self.model, cut(self.model, self.layout, plan.shape), self.probe)
+        self.measured.setdefault(plan.shape, []).append(s)
+        self.rates.setdefault(plan.shape, []).append((dense, shrunk))
+        return statistics.mean(self.measured[plan.shape])
+
+    def tokens_per_second(self, plan: Plan) -> tuple[float, float]:
+        """(dense, shrunk) decode tokens/s of the plan's shape, means of its measurements (batch 1)."""
+        self.speedup(plan)
+        rates = self.rates[plan.shape]
+        return statistics.mean(r[0] for r in rates), statistics.mean(r[1] for r in rates)
 
     def _channels(self, blocks: int, kv_groups: int) -> list[Plan]:
         return [Plan(blocks, kv_groups, r) for r in [0, *self.channel_removals]]
+
+    def widest(self) -> Plan:
+        """The plan that removes the most: every block but one, the most KV groups and channels."""
+        lay = self.layout
+        kv = lay.valid_kv_removals()[-1] if lay.attention is not None else 0
+        return Plan(lay.blocks - 1, kv, self.channel_removals[-1] if self.channel_removals and lay.mlp else 0)
+
+    def check_reachable(self, target: float) -> None:
+        """``UserError`` (one line) when even the widest plan measures short of ``target``."""
+        widest = self.widest()
+        if self.speedup(widest) < target:
+            raise UserError(f"a decode speed-up of {target:g}x is out of reach on this machine: the most any plan "
+                            f"removes ({widest.describe(self.layout)}) measures {self.speedup(widest):.2f}x")
 
     def candidates(self, target: float) -> list[Candidate]:
         """The least-removal plan of each family that reaches ``target``; ``UserError`` when none does."""
         lay = self.layout
         kv = lay.valid_kv_removals()[1:]
-        widest = Plan(lay.blocks - 1, kv[-1] if kv else 0, self.channel_removals[-1] if self.channel_removals else 0)
-        if self.speedup(widest) < target:
-            raise UserError(f"a decode speed-up of {target:g}x is out of reach on this machine: the most any plan "
-                            f"removes ({widest.describe(lay)}) measures {self.speedup(widest):.2f}x")
+        widest = self.widest()
+        self.check_reachable(target)
         paths = {"depth": [Plan(n) for n in range(1, lay.blocks)]}
         if self.channel_removals:
             paths["width"] = self._channels(0, 0)[1:]
