@@ -152,16 +152,16 @@ class ShrinkResult:
 
 def shrink(cfg: ShrinkConfig, progress: bool = True) -> ShrinkResult:
     importance = Importance(cfg.importance)
-    if cfg.searched:
-        from autoprune.tracking import check_uri
-
-        check_uri(cfg.tracking_uri)  # fail fast, before the model loads
     lm = load_model(cfg.model, cfg.dtype, cfg.device)
     layout = discover(lm.model)
     plan = cfg.plan(layout) if cfg.speedup is None else None  # refuse a bad plan before the slow part
     planner = Planner(lm.model)
     if cfg.speedup is not None:
         planner.check_reachable(cfg.speedup)
+    if cfg.searched:
+        from autoprune.tracking import check_uri
+
+        check_uri(cfg.tracking_uri)  # before the slow part
     candidates = planner.candidates(cfg.speedup) if cfg.speedup is not None and not cfg.searched else ()
     calib = calibration_windows(lm.tokenizer, cfg.calib, cfg.calib_windows, cfg.seqlen, cfg.seed)
     evalw = evaluation_windows(lm.tokenizer, cfg.eval, cfg.seqlen, cfg.eval_windows) if cfg.eval else None

@@ -1,7 +1,7 @@
 """Strategies over the structured space, driven by ask/tell: ``ask()`` a plan, ``tell(trial)`` its result.
 
     tpe     Optuna's TPE (multivariate), one objective, the proxy loss, under the constraint that
-            the measured speed-up reaches the target (Optuna's ``constraints_func``: infeasible
+            the measured speed-up reaches the target (``Trial.set_constraint``: infeasible
             trials rank below every feasible one, by how far they fall short); with ``pareto``,
             two objectives, loss down and speed-up up (MOTPE), no constraint.
     nsga2   Optuna's NSGA-II, the same objectives and constraint.
@@ -42,13 +42,10 @@ class OptunaStrategy:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space, self.target, self.pareto = space, target, pareto
-        constraints = None if pareto else (lambda t: t.user_attrs.get("constraint", (0.0,)))
         if sampler == "tpe":
-            smp = optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=constraints,
-                                             n_startup_trials=max(2, min(10, trials // 4)))
+            smp = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(2, min(10, trials // 4)))
         else:
-            smp = optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints,
-                                                population_size=max(4, min(16, trials // 4)))
+            smp = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(16, trials // 4)))
         self.study = optuna.create_study(directions=["minimize", "maximize"] if pareto else ["minimize"], sampler=smp)
         if space.max_blocks:
             self.study.enqueue_trial({f"p{b}": p for b, p in enumerate(space.bi_priority())}, skip_if_exists=True)
@@ -71,7 +68,7 @@ class OptunaStrategy:
         if self.pareto:
             self.study.tell(t, [value, speedup])
         else:
-            t.set_user_attr("constraint", (self.target - speedup,))
+            t.set_constraint("speedup", self.target - speedup)  # feasible at 0 or less
             self.study.tell(t, value)
 
 

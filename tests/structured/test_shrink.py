@@ -15,15 +15,9 @@ from autoprune.structured.importance import Moments, block_influence, obs_keep, 
 from autoprune.structured.reconstruct import compensate, compensate_reference
 from autoprune.structured.speedup import frontier
 from autoprune.structured.surgery import expand_slices
+from tests.cli_check import one_line_error
 
 ARGS = ["--model", "stories260K", "--seqlen", "128", "--calib", "tinystories:0-499", "--calib-windows", "8"]
-
-
-def _one_line_error(capsys, argv, match):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert match in err, err
 
 
 def test_layout_of_stories(stories):
@@ -134,7 +128,7 @@ def test_shrunk_folder_reloads_with_plain_transformers(tmp_path, capsys):
     assert main(["shrink", *ARGS, "--blocks", "1", "--heads", "0.5", "--channels", "0.5", "--importance",
                  "mul(abs(W), X)", "--eval", "tinystories:500-999", "--eval-windows", "8", "--out", str(out)]) == 0
     record = json.loads((out / "autoprune_shrink.json").read_text())
-    assert record["plan"] == {"blocks": 1, "kv_groups": 2, "channels": 86}
+    assert record["plan"] == {"blocks": 1, "kv_groups": 2, "channels": 86, "drop": []}
     assert record["config"]["importance"] == "mul(abs(W), X)" and record["speedup"] > 0
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert parameters(model) == record["report"]["params_after"] < record["report"]["params_before"]
@@ -149,7 +143,7 @@ def test_dropped_blocks_fix_layer_types_and_the_cache(tmp_path):
     with the KV cache (indexed by the renumbered ``layer_idx``) matches decoding without it."""
     from transformers import AutoModelForCausalLM
 
-    from tiny_models import configs
+    from tests.tiny_models import configs
 
     torch.manual_seed(0)
     cfg = configs()["qwen2"]
@@ -169,15 +163,15 @@ def test_dropped_blocks_fix_layer_types_and_the_cache(tmp_path):
 
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
-    _one_line_error(capsys, ["shrink", *ARGS, "--speedup", "50", "--out", str(out)], "out of reach")
-    _one_line_error(capsys, ["shrink", *ARGS, "--heads", "0.25", "--out", str(out)], "removable head fractions: 0.5, 0.75")
-    _one_line_error(capsys, ["shrink", *ARGS, "--blocks", "5", "--out", str(out)], "at least one stays")
-    _one_line_error(capsys, ["shrink", *ARGS, "--out", str(out)], "nothing to remove")
-    _one_line_error(capsys, ["shrink", *ARGS, "--speedup", "1.5", "--blocks", "1", "--out", str(out)], "do not combine")
-    _one_line_error(capsys, ["shrink", *ARGS, "--channels", "1.0", "--out", str(out)], "in [0, 1)")
-    _one_line_error(capsys, ["shrink", *ARGS, "--channels", "0.5", "--importance", "sparsegpt", "--out", str(out)],
+    one_line_error(capsys, ["shrink", *ARGS, "--speedup", "50", "--out", str(out)], "out of reach")
+    one_line_error(capsys, ["shrink", *ARGS, "--heads", "0.25", "--out", str(out)], "removable head fractions: 0.5, 0.75")
+    one_line_error(capsys, ["shrink", *ARGS, "--blocks", "5", "--out", str(out)], "at least one stays")
+    one_line_error(capsys, ["shrink", *ARGS, "--out", str(out)], "nothing to remove")
+    one_line_error(capsys, ["shrink", *ARGS, "--speedup", "1.5", "--blocks", "1", "--out", str(out)], "do not combine")
+    one_line_error(capsys, ["shrink", *ARGS, "--channels", "1.0", "--out", str(out)], "in [0, 1)")
+    one_line_error(capsys, ["shrink", *ARGS, "--channels", "0.5", "--importance", "sparsegpt", "--out", str(out)],
                     "solver")
-    _one_line_error(capsys, ["shrink", *ARGS, "--channels", "0.5", "--importance", "foo", "--out", str(out)],
+    one_line_error(capsys, ["shrink", *ARGS, "--channels", "0.5", "--importance", "foo", "--out", str(out)],
                     "unknown metric")
     assert not out.exists()
     from autoprune.jobs.shrink import ShrinkConfig
@@ -189,15 +183,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
 def test_a_structure_the_model_lacks_is_refused(tmp_path, capsys):
     """GPT-2 (fused c_attn, Conv1D) has no q/k/v/o or gated MLP: heads and channels are refused."""
     from autoprune.models import load_model
-    from tiny_models import tiny_model
+    from tests.tiny_models import tiny_model
 
     folder = tmp_path / "gpt2"
     tiny_model("gpt2").save_pretrained(folder)
     load_model("stories260K").tokenizer.save_pretrained(folder)
     out = tmp_path / "out"
-    _one_line_error(capsys, ["shrink", "--model", str(folder), "--heads", "0.5", "--out", str(out)],
+    one_line_error(capsys, ["shrink", "--model", str(folder), "--heads", "0.5", "--out", str(out)],
                     "heads cannot be removed")
-    _one_line_error(capsys, ["shrink", "--model", str(folder), "--channels", "0.5", "--out", str(out)],
+    one_line_error(capsys, ["shrink", "--model", str(folder), "--channels", "0.5", "--out", str(out)],
                     "MLP channels cannot be removed")
     assert not out.exists()
     lay = discover(copy.deepcopy(tiny_model("gpt2")))

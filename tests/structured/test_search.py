@@ -1,0 +1,153 @@
+"""The structured search (``autoprune shrink --speedup --search``): the space, the one-shot proxy, the
+strategies meeting the speed-up constraint on measured speed, the Pareto front, determinism with a
+seed, MLflow runs in a temporary store, and bad input."""
+
+import csv
+import random
+
+import pytest
+import torch
+
+from autoprune.cli import main
+from autoprune.structured import Plan, Planner, Probe, discover
+from autoprune.structured.layout import check_plan
+from autoprune.structured.proxy import OneShot
+from autoprune.structured.search import Trial, finalists, pareto_front, run_trials
+from autoprune.structured.space import Space
+from autoprune.structured.strategies import make_strategy
+from autoprune.structured.surgery import config_changes
+from tests.cli_check import one_line_error
+
+ARGS = ["--model", "stories260K", "--seqlen", "128", "--calib", "tinystories:0-499", "--calib-windows", "8"]
+FAST = Probe(batch=1, prompt=32, new_tokens=8, repeats=3)
+
+
+@pytest.fixture(scope="module")
+def oneshot(stories, calib, heldout):
+    return OneShot(stories.model, calib[:8], heldout[:2])
+
+
+@pytest.fixture(scope="module")
+def space(stories, oneshot):
+    planner = Planner(stories.model, FAST)
+    return Space.of(planner.layout, planner.channel_removals, oneshot.block_order())
+
+
+def modelled_speed(plan: Plan) -> tuple[float, float]:
+    """A deterministic stand-in for measured speed (for determinism tests only): the removed share."""
+    up = 1 / (1 - 0.15 * plan.blocks - 0.1 * plan.kv_groups / 4 - 0.4 * plan.channels / 172 * (5 - plan.blocks) / 5)
+    return up, 100 * up
+
+
+def test_space_plans_are_valid_and_start_from_block_influence(stories, space):
+    lay = discover(stories.model)
+    assert space.kv == (0, 2, 3) and space.channels[0] == 0 and all(c % 4 == 172 % 4 for c in space.channels[1:])
+    assert all((172 - c) % 4 == 0 for c in space.channels)
+    assert space.decode(2, 0, 0, space.bi_priority()).drop == tuple(sorted(space.order[:2]))
+    rng = random.Random(0)
+    plan = space.random(rng)
+    for _ in range(200):
+        plan = space.mutate(plan, rng)
+        check_plan(plan, lay, "stories260K")  # a count, a distinct sorted set, a removable width
+        config_changes(stories.model, lay, plan, [i for i in range(5) if i not in plan.drop])
+        assert plan.shape == Plan(plan.blocks, plan.kv_groups, plan.channels)
+
+
+def test_oneshot_copy_of_the_empty_plan_is_dense_and_removes_what_the_plan_says(stories, oneshot, heldout):
+    with torch.no_grad():
+        assert torch.equal(oneshot.shrunk(Plan()).eval()(heldout[:2]).logits, stories.model(heldout[:2]).logits)
+    m = oneshot.shrunk(Plan(2, 2, 86, (0, 3)))
+    assert len(m.model.layers) == 3 and m.config.num_key_value_heads == 2 and m.config.intermediate_size == 86
+    assert m.model.layers[0].mlp.down_proj.weight.shape == (64, 86)
+    assert oneshot.loss(Plan(2, 2, 86, (0, 3))) > oneshot.loss(Plan(1, 0, 0, (1,))) > oneshot.loss(Plan())
+
+
+def test_pareto_front_is_non_dominated():
+    rng = random.Random(0)
+    trials = [Trial(i, Plan(i % 5, 0, 4 * i), rng.uniform(1, 3), 0.0, rng.uniform(5, 50), True, 0.0) for i in range(40)]
+    trials.append(Trial(40, Plan(0, 0, 200), 2.0, 0.0, None, False, 0.0))  # not scored: never on the front
+    front = pareto_front(trials)
+    assert front and all(t.loss is not None for t in front)
+    for t in front:
+        assert not any(o.loss <= t.loss and o.speedup >= t.speedup and o is not t for o in trials if o.loss)
+    for t in trials:  # every scored trial off the front is dominated by one on it
+        if t.loss is not None and t not in front:
+            assert any(f.loss <= t.loss and f.speedup >= t.speedup for f in front)
+    assert [t.speedup for t in front] == sorted(t.speedup for t in front)
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "evo"])
+def test_search_meets_the_measured_speedup(stories, oneshot, strategy):
+    planner = Planner(stories.model, FAST)
+    target = 1.3
+    space = Space.of(planner.layout, planner.channel_removals, oneshot.block_order())
+    trials = run_trials(make_strategy(strategy, space, target, False, 10, 0),
+                        lambda p: (planner.speedup(p), planner.tokens_per_second(p)[1]), oneshot.loss, target, 10)
+    assert len(trials) == 10
+    for t in trials:
+        assert t.feasible == (t.speedup >= target) and (t.loss is None) == (not t.feasible)
+    chosen = finalists(trials, 2, target, planner.confirm, strategy)
+    for c in chosen:  # timed again: the mean of every measurement of the shape still reaches the target
+        assert c.speedup >= target and planner.speedup(c.plan) >= target and len(planner.measured[c.plan.shape]) >= 2
+    if chosen:
+        scored = [t.loss for t in trials if t.plan == chosen[0].plan]
+        assert scored[0] == min(t.loss for t in trials if t.feasible and planner.speedup(t.plan) >= target)
+
+
+@pytest.mark.parametrize("strategy,pareto", [("tpe", False), ("nsga2", True), ("evo", False)])
+def test_same_seed_same_trials(oneshot, space, strategy, pareto):
+    def plans(seed):
+        s = make_strategy(strategy, space, 1.5, pareto, 12, seed)
+        return [t.plan for t in run_trials(s, modelled_speed, oneshot.loss, 1.5, 12, score_all=pareto)]
+
+    first = plans(0)
+    assert plans(0) == first and plans(1) != first
+
+
+def test_cli_search_writes_trials_front_and_mlflow_runs(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["shrink", *ARGS, "--speedup", "1.05", "--search", "nsga2", "--pareto", "--trials", "3",
+                 "--finalists", "1", "--tracking-uri", uri, "--experiment", "t", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert [int(r["trial"]) for r in rows] == [0, 1, 2] and all(r["proxy_ppl"] for r in rows)  # --pareto scores all
+    front = list(csv.DictReader(open(out / "pareto.csv")))
+    assert front and (out / "pareto.png").stat().st_size > 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("autoprune/t")
+    parent = client.search_runs([exp.experiment_id], "tags.`autoprune.kind` = 'shrink-search'")
+    trials = client.search_runs([exp.experiment_id], "tags.`autoprune.kind` = 'shrink-trial'")
+    assert len(parent) == 1 and len(trials) == 3
+    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in trials)
+    assert all({"speedup", "tokens_per_s", "proxy_ppl"} <= set(r.data.metrics) and "plan" in r.data.params
+               for r in trials)
+    chosen = [r for r in trials if r.data.tags.get("autoprune.chosen") == "true"]
+    assert len(chosen) == 1 and parent[0].data.tags["autoprune.chosen_run_id"] == chosen[0].info.run_id
+    artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert {"trials.csv", "pareto.csv", "pareto.png", "autoprune_shrink.json"} <= artifacts
+    assert parent[0].info.status == "FINISHED" and parent[0].data.metrics["speedup"] >= 1.05
+
+
+def test_bad_search_input_exits_2_and_writes_nothing(tmp_path, capsys):
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    bad = [(["--speedup", "1.5", "--trials", "0"], "trials must be positive"),
+           (["--speedup", "1.5", "--search", "evo", "--pareto"], "tpe or nsga2"),
+           (["--speedup", "1.5", "--search", "families", "--trials", "3"], "takes no --trials"),
+           (["--channels", "0.5", "--trials", "3"], "pass --speedup"),
+           (["--speedup", "1.5", "--search", "sgd"], "unknown --search"),
+           (["--speedup", "1.5", "--finalists", "0"], "finalists must be positive"),
+           (["--speedup", "50", "--trials", "3"], "out of reach")]
+    for argv, match in bad:
+        one_line_error(capsys, ["shrink", *ARGS, *argv, "--tracking-uri", uri, "--out", str(out)], match)
+    assert not out.exists()
+
+
+def test_a_plan_drops_the_blocks_it_names(fresh_model, calib):
+    from autoprune.errors import UserError
+    from autoprune.structured import shrink_model
+
+    report = shrink_model(fresh_model, Plan(2, 0, 0, (0, 4)), calib)
+    assert report.dropped_blocks == (0, 4) and len(fresh_model.model.layers) == 3 and report.block_influence == ()
+    with pytest.raises(UserError, match="distinct sorted"):
+        check_plan(Plan(2, 0, 0, (4, 0)), discover(fresh_model), "stories260K")
