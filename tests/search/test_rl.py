@@ -54,6 +54,7 @@ def test_check_env(proxy, damage):
     sb3_check(env, warn=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unit", ["block", "linear"])
 def test_budget_holds_by_construction(proxy, damage, unit):
     env = make_env(proxy, damage, unit)

@@ -18,7 +18,7 @@ from autoprune.pruning.simplify import rank_form, rank_key
 from autoprune.search.base import SearchContext, run_serial
 from autoprune.search.gp import GPSpace, GPStrategy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"population": 8, "generations": 2, "max_height": 4, "low_batches": 1, "promote": 2, "sequential": 1,
          "sequential_share": 1.0}
 

@@ -42,7 +42,7 @@ def test_a_user_folder_overrides_whole_files_and_bad_ones_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_resume_reads_the_stored_spec_not_the_edited_files(tmp_path):
-    from tests.test_search import _results, _start, _wait_for
+    from tests.jobs.test_search import _results, _start, _wait_for
 
     spaces = tmp_path / "spaces"
     spaces.mkdir()
