@@ -148,7 +148,7 @@ def main() -> None:
         rl_space = {**yaml.safe_load((SPACES / "rl.yaml").read_text()), "episodes": args.rl_episodes,
                     "algorithm": args.rl_algorithm}
         t0 = time.perf_counter()
-        rl = RLStrategy(ctx, rl_space, damage=BlockDamage(proxy, proxy_windows[:8]))
+        rl = RLStrategy(replace(ctx, damage=BlockDamage(proxy, proxy_windows[:8])), rl_space)
         n, full = drive(rl, proxy, args.rl_episodes, f"RL {s:g}")
         _, best = select(dense, full, args.top_k, calib, select_windows)
         found[f"RL ({args.rl_algorithm}, per block)"] = (best, n, time.perf_counter() - t0)

@@ -16,17 +16,18 @@ Parametrisations (``kind``), each a named entry of ``search_spaces/allocation.ya
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from autoprune.config import need, read
 from autoprune.errors import UserError
 from autoprune.pruning.policy import Policy
 from autoprune.search.spec import load_yaml, packaged_dir
 
 KINDS = ("per_block", "depth_curve", "attn_mlp", "owl")
-_KEYS = {"kind", "span", "bounds", "knots", "per_block", "lambda", "m"}
 _ATTENTION_WORDS = ("attn", "attention")
 
 
@@ -39,14 +40,23 @@ class Param:
 
 @dataclass(frozen=True)
 class AllocationSpace:
+    """One entry of ``allocation.yaml`` (its key is ``name``); the defaults are the packaged file's."""
+
     name: str
-    kind: str
+    kind: Literal["per_block", "depth_curve", "attn_mlp", "owl"]
     span: float = 0.25
     bounds: tuple[float, float] = (0.0, 0.95)
     knots: int = 3
     per_block: bool = False
-    owl_lambda: tuple[float, float] = (0.02, 0.25)
-    owl_m: tuple[float, float] = (3.0, 10.0)
+    owl_lambda: tuple[float, float] = field(default=(0.02, 0.25), metadata={"key": "lambda"})
+    owl_m: tuple[float, float] = field(default=(3.0, 10.0), metadata={"key": "m"})
+
+    def __post_init__(self) -> None:
+        need(0 < self.span < 1, f"span must be in (0, 1), got {self.span:g}")
+        need(self.knots >= 2, f"knots must be an integer >= 2, got {self.knots}")
+        for key, (low, high), (lo, hi) in (("bounds", self.bounds, (0.0, 0.999)), ("lambda", self.owl_lambda, (0.0, 0.5)),
+                                           ("m", self.owl_m, (1.0, 100.0))):
+            need(lo <= low <= high <= hi, f"{key} must be [low, high] within [{lo:g}, {hi:g}]")
 
     def params(self, n_blocks: int) -> list[Param]:
         """The search dimensions for a model with ``n_blocks`` blocks."""
@@ -149,43 +159,17 @@ def allocation_sparsity(policy: Policy, block_sizes: tuple[dict[str, int], ...])
     return pruned / total
 
 
-def _pair(name: str, key: str, value, low: float, high: float) -> tuple[float, float]:
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, (int, float)) for v in value) or not low <= value[0] <= value[1] <= high):
-        raise UserError(f"allocation space {name!r}: {key} must be [low, high] within [{low:g}, {high:g}]")
-    return float(value[0]), float(value[1])
-
-
 def parse_space(name: str, d: dict) -> AllocationSpace:
     """Validate one space's YAML mapping (unknown keys refused)."""
-    if not isinstance(d, dict):
-        raise UserError(f"allocation space {name!r} must be a mapping")
-    unknown = sorted(set(d) - _KEYS)
-    if unknown:
-        raise UserError(f"allocation space {name!r}: unknown keys {', '.join(map(str, unknown))}")
-    kind = d.get("kind")
-    if kind not in KINDS:
-        raise UserError(f"allocation space {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    span = d.get("span", 0.25)
-    if not isinstance(span, (int, float)) or not 0 < span < 1:
-        raise UserError(f"allocation space {name!r}: span must be in (0, 1)")
-    knots = d.get("knots", 3)
-    if not isinstance(knots, int) or isinstance(knots, bool) or knots < 2:
-        raise UserError(f"allocation space {name!r}: knots must be an integer >= 2")
-    per_block = d.get("per_block", False)
-    if not isinstance(per_block, bool):
-        raise UserError(f"allocation space {name!r}: per_block must be true or false")
-    return AllocationSpace(
-        name=name, kind=kind, span=float(span), knots=knots, per_block=per_block,
-        bounds=_pair(name, "bounds", d.get("bounds", [0.0, 0.95]), 0.0, 0.999),
-        owl_lambda=_pair(name, "lambda", d.get("lambda", [0.02, 0.25]), 0.0, 0.5),
-        owl_m=_pair(name, "m", d.get("m", [3.0, 10.0]), 1.0, 100.0))
+    return read(AllocationSpace, {**d, "name": name} if isinstance(d, dict) else d, f"allocation space {name!r}")
 
 
 def load_space(spec: str | dict, path: Path | None = None) -> AllocationSpace:
     """A space by name from ``path`` (default ``search_spaces/allocation.yaml``), or an inline mapping."""
     if isinstance(spec, dict):
         return parse_space(str(spec.get("name", "inline")), {k: v for k, v in spec.items() if k != "name"})
+    if not isinstance(spec, str):
+        raise UserError(f"an allocation space is a name or a mapping, got {spec!r}")
     path = Path(path) if path is not None else packaged_dir() / "allocation.yaml"
     spaces = load_yaml(path)
     if spec not in spaces:

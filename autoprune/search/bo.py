@@ -15,77 +15,76 @@ failed and its point queued again. ``BOSpaces`` runs one such study per space of
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
+from autoprune.config import need, read
 from autoprune.errors import UserError
-from autoprune.evaluation.proxy import ProxyResult
+from autoprune.messages import ProxyResult
 from autoprune.pruning.policy import Policy
 from autoprune.search.allocation_space import AllocationSpace, load_space
 from autoprune.search.base import Candidate, SearchContext, Strategy
 
-SAMPLERS = ("tpe", "gp")
-_KEYS = {"allocation", "sampler", "n_trials", "n_startup_trials", "storage", "study_name",
-         "fidelities", "prune_percentile", "seed_baselines"}
+
+
+def _allocations(value) -> tuple[AllocationSpace, ...]:
+    """``allocation``: a space's name in ``allocation.yaml``, an inline mapping, or a list of them."""
+    given = [value] if isinstance(value, (str, dict, AllocationSpace)) else value
+    if not isinstance(given, (list, tuple)) or not given:
+        raise UserError("bo.yaml: allocation must be a space name, a mapping, or a list of distinct names")
+    spaces = tuple(s if isinstance(s, AllocationSpace) else load_space(s) for s in given)
+    if len({s.name for s in spaces}) != len(spaces):
+        raise UserError("bo.yaml: allocation must be a space name, a mapping, or a list of distinct names")
+    return spaces
 
 
 @dataclass(frozen=True)
-class BOConfig:
-    allocation: AllocationSpace
-    sampler: str = "tpe"
-    n_trials: int | None = 50  # per space; None: until the phase's deadline
+class BOSpace:
+    """``search_spaces/bo.yaml``; the defaults are the packaged file's (a test holds them equal)."""
+
+    allocation: tuple[AllocationSpace, ...] = field(
+        default=(AllocationSpace("per_block", "per_block"), AllocationSpace("attn_mlp", "attn_mlp", per_block=True)),
+        metadata={"read": _allocations})  # one study each
+    sampler: Literal["tpe", "gp"] = "tpe"
+    n_trials: int | None = None  # per space; None: until the phase's deadline
     n_startup_trials: int = 10
-    storage: str | None = None
+    storage: str | None = None  # None: sqlite:///<run dir>/optuna.db
     study_name: str | None = None
-    fidelities: tuple[int, ...] = ()  # proxy batches per rung, increasing; () = one rung at full fidelity
+    fidelities: tuple[int | None, ...] = (4, None)  # proxy batches per rung, increasing (None: all); () = all only
     prune_percentile: float = 50.0
     seed_baselines: bool = True  # first trials: uniform (or OWL's defaults), then the context's warm starts
 
-    @classmethod
-    def from_dict(cls, d: dict, max_batches: int) -> "BOConfig":
-        if not isinstance(d, dict):
-            raise UserError("the BO search space must be a mapping")
-        unknown = sorted(set(d) - _KEYS)
-        if unknown:
-            raise UserError(f"BO space: unknown keys {', '.join(map(str, unknown))}")
-        sampler = d.get("sampler", "tpe")
-        if sampler not in SAMPLERS:
-            raise UserError(f"BO space: unknown sampler {sampler!r} (choose {', '.join(SAMPLERS)})")
-        for key in ("n_trials", "n_startup_trials"):
-            v = d.get(key, 1)
-            if key == "n_trials" and v is None:
-                continue
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (key == "n_trials" and v < 1):
-                raise UserError(f"BO space: {key} must be a non-negative integer")
-        raw = d.get("fidelities", [])
-        given = [f for f in raw if f is not None] if isinstance(raw, list) else None
-        if (given is None or not all(isinstance(f, int) and not isinstance(f, bool) and 0 < f for f in given)
-                or given != sorted(set(given)) or None in raw[:-1]):
-            raise UserError("BO space: fidelities must be increasing positive batch counts (null: all)")
-        # rungs beyond the proxy's batches collapse onto the full fidelity
-        rungs = sorted({max_batches if f is None else min(f, max_batches) for f in raw})
-        pct = d.get("prune_percentile", 50.0)
-        if not isinstance(pct, (int, float)) or not 0 < pct < 100:
-            raise UserError("BO space: prune_percentile must be in (0, 100)")
-        return cls(load_space(d.get("allocation", "per_block")), sampler, d.get("n_trials", 50),
-                   d.get("n_startup_trials", 10), d.get("storage"), d.get("study_name"),
-                   tuple(rungs), float(pct), bool(d.get("seed_baselines", True)))
+    def __post_init__(self) -> None:
+        need(self.n_trials is None or self.n_trials >= 1, "n_trials must be a positive integer (or null)")
+        need(self.n_startup_trials >= 0, "n_startup_trials must be a non-negative integer")
+        given = [f for f in self.fidelities if f is not None]
+        need(all(f > 0 for f in given) and given == sorted(set(given)) and None not in self.fidelities[:-1],
+             "fidelities must be increasing positive batch counts (null: all)")
+        need(0 < self.prune_percentile < 100, "prune_percentile must be in (0, 100)")
+
+    def rungs(self, max_batches: int) -> tuple[int, ...]:
+        """Proxy batches per rung; rungs beyond the proxy's batches collapse onto the full fidelity."""
+        return tuple(sorted({max_batches if f is None else min(f, max_batches) for f in self.fidelities})) or (max_batches,)
 
 
 class BOStrategy(Strategy):
     name = "bo"
 
-    def __init__(self, context: SearchContext, space: dict):
+    def __init__(self, context: SearchContext, space: dict | BOSpace):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.context = context
-        self.config = cfg = BOConfig.from_dict(space, context.max_batches)
-        self.rungs = cfg.fidelities or (context.max_batches,)
-        self.params = cfg.allocation.params(len(context.block_sizes))
+        self.config = cfg = read(BOSpace, space, "bo.yaml")
+        if len(cfg.allocation) != 1:
+            raise UserError("bo.yaml: one BOStrategy studies one allocation space (BOSpaces runs several)")
+        self.allocation = cfg.allocation[0]
+        self.rungs = cfg.rungs(context.max_batches)
+        self.params = self.allocation.params(len(context.block_sizes))
         context.run_dir.mkdir(parents=True, exist_ok=True)
         self.storage = cfg.storage or f"sqlite:///{context.run_dir / 'optuna.db'}"
         base = context.base_policy
-        self.study_name = cfg.study_name or (f"allocation-{cfg.allocation.name}-{base.metric}-{base.update}"
+        self.study_name = cfg.study_name or (f"allocation-{self.allocation.name}-{base.metric}-{base.update}"
                                              f"-s{base.sparsity:g}-seed{context.seed}")
         kind = optuna.samplers.GPSampler if cfg.sampler == "gp" else optuna.samplers.TPESampler
         sampler = kind(seed=context.seed, n_startup_trials=cfg.n_startup_trials)
@@ -129,7 +128,7 @@ class BOStrategy(Strategy):
     def _baseline_points(self) -> list[dict[str, float]]:
         """The first trials: uniform (OWL's defaults for the owl space), then the context's warm
         starts (OWL, AlphaPruning ratios) where the space can express them."""
-        space = self.config.allocation
+        space = self.allocation
         if space.kind == "owl":
             return [{p.name: min(max(v, p.low), p.high) for p, v in zip(self.params, (0.08, 5.0))}]
         points = [{p.name: 0.0 for p in self.params}]
@@ -146,7 +145,7 @@ class BOStrategy(Strategy):
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
     def _candidate(self, trial, rung: int) -> Candidate:
-        policy = self.config.allocation.decode(trial.params, self.context.base_policy, self.context.block_sizes)
+        policy = self.allocation.decode(trial.params, self.context.base_policy, self.context.block_sizes)
         return Candidate(policy, self.rungs[rung], {"trial": trial.number, "rung": rung})
 
     def ask(self, n: int) -> list[Candidate]:
@@ -205,18 +204,31 @@ class BOStrategy(Strategy):
         return Policy.from_dict(t.user_attrs["policy"]), float(t.value)
 
     def state_dict(self) -> dict:
-        """Trials in flight and promotions not yet asked; everything else lives in the study."""
+        """Trials in flight, promotions not yet asked and the sampler's random streams; everything
+        else lives in the study."""
         promoted = [[c.tag["trial"], c.tag["rung"]] for c in self._promoted]
         inflight = sorted(set(self._trials) - {t for t, _ in promoted})
-        return {"study_name": self.study_name, "inflight": inflight, "promoted": promoted}
+        rngs = [[name, keys.tolist(), pos, gauss, cached] for name, keys, pos, gauss, cached
+                in (r.get_state() for r in _sampler_rngs(self.study.sampler))]
+        return {"study_name": self.study_name, "inflight": inflight, "promoted": promoted, "rngs": rngs}
 
     def load_state_dict(self, state: dict) -> None:
+        import numpy as np
+
+        for rng, (name, keys, pos, gauss, cached) in zip(_sampler_rngs(self.study.sampler), state.get("rngs", [])):
+            rng.set_state((name, np.asarray(keys, dtype=np.uint32), pos, gauss, cached))
         for number in state.get("inflight", []):
             self._adopt(number)
         for number, rung in state.get("promoted", []):
             trial = self._adopt(number)
             if trial is not None:
                 self._promoted.append(self._candidate(trial, rung))
+
+
+def _sampler_rngs(sampler) -> list:
+    """The sampler's random streams (numpy RandomStates): its own and its start-up sampler's."""
+    parts = (sampler, getattr(sampler, "_random_sampler", None), getattr(sampler, "_independent_sampler", None))
+    return [p._rng.rng for p in parts if p is not None and hasattr(getattr(p, "_rng", None), "rng")]
 
 
 class BOSpaces(Strategy):
@@ -227,19 +239,16 @@ class BOSpaces(Strategy):
 
     name = "bo"
 
-    def __init__(self, context: SearchContext, space: dict):
-        names = space.get("allocation", "per_block") if isinstance(space, dict) else None
-        names = [names] if isinstance(names, (str, dict)) else names
-        if not isinstance(names, list) or not names or len({str(n) for n in names}) != len(names):
-            raise UserError("BO space: allocation must be a space name, a mapping, or a list of distinct names")
+    def __init__(self, context: SearchContext, space: dict | BOSpace):
+        space = read(BOSpace, space, "bo.yaml")
+        several = len(space.allocation) > 1
         self.parts: dict[str, BOStrategy] = {}
-        for n in names:
-            key = n if isinstance(n, str) else str(n.get("name", "inline"))
-            own = {**space, "allocation": n}
-            if len(names) > 1 and space.get("study_name"):
-                own["study_name"] = f"{space['study_name']}-{key}"
-            run_dir = context.run_dir / key if len(names) > 1 else context.run_dir
-            self.parts[key] = BOStrategy(replace(context, run_dir=run_dir), own)
+        fixed = context.base_policy.nm is not None  # an N:M pattern fixes every ratio: no study, done at once
+        for alloc in () if fixed else space.allocation:
+            name = f"{space.study_name}-{alloc.name}" if several and space.study_name else space.study_name
+            run_dir = context.run_dir / alloc.name if several else context.run_dir
+            self.parts[alloc.name] = BOStrategy(replace(context, run_dir=run_dir),
+                                                replace(space, allocation=(alloc,), study_name=name))
         self._turn = 0
 
     def ask(self, n: int) -> list[Candidate]:
@@ -265,9 +274,10 @@ class BOSpaces(Strategy):
         return min(found, key=lambda b: b[1]) if found else None
 
     def state_dict(self) -> dict:
-        return {name: p.state_dict() for name, p in self.parts.items()}
+        return {**{name: p.state_dict() for name, p in self.parts.items()}, "turn": self._turn}
 
     def load_state_dict(self, state: dict) -> None:
+        self._turn = int(state.get("turn", 0))
         for name, p in self.parts.items():
             if isinstance(state.get(name), dict):
                 p.load_state_dict(state[name])

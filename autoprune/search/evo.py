@@ -21,18 +21,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
+from autoprune.config import need, read
 from autoprune.errors import UserError
-from autoprune.evaluation.proxy import ProxyResult
+from autoprune.messages import ProxyResult, policy_key
 from autoprune.pruning.policy import UPDATES, Policy
 from autoprune.search.allocation_space import explicit_policy
 from autoprune.search.base import Candidate, SearchContext, Strategy
-from autoprune.search.orchestrator import policy_key
-
-_KEYS = {"offspring", "fidelities", "survivors", "max_moves", "step", "bounds", "arms_only"}
 
 
 @dataclass(frozen=True)
-class EvoConfig:
+class EvoSpace:
+    """``search_spaces/evo.yaml``; the defaults are the packaged file's (a test holds them equal)."""
+
     offspring: int = 16
     fidelities: tuple[int | None, ...] = (1, 4, None)  # proxy batches per selection rung (None: all)
     survivors: tuple[int, ...] = (4, 1)  # children promoted to each later rung
@@ -40,24 +40,18 @@ class EvoConfig:
     step: float = 0.05  # one move: this fraction of the smallest linear's weights
     bounds: tuple[float, float] = (0.0, 0.95)
     arms_only: bool = False  # choose the (mask, update) arm with the uniform allocation only
+    generations: int | None = None  # None: until the phase's deadline
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "EvoConfig":
-        unknown = sorted(set(d) - _KEYS)
-        if unknown:
-            raise UserError(f"evo.yaml: unknown keys {', '.join(map(str, unknown))}")
-        cfg = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-        if not (isinstance(cfg.offspring, int) and cfg.offspring >= 1 and isinstance(cfg.max_moves, int)
-                and cfg.max_moves >= 1):
-            raise UserError("evo.yaml: offspring and max_moves must be positive integers")
-        if len(cfg.fidelities) != len(cfg.survivors) + 1 or cfg.fidelities[-1] is not None:
-            raise UserError("evo.yaml: fidelities need one rung more than survivors, the last null (all batches)")
-        if any(not isinstance(s, int) or s < 1 for s in cfg.survivors) or list(cfg.survivors) != sorted(
-                cfg.survivors, reverse=True) or cfg.survivors[0] > cfg.offspring:
-            raise UserError("evo.yaml: survivors must be positive, non-increasing and at most offspring")
-        if not 0 < cfg.step < 1 or not 0 <= cfg.bounds[0] < cfg.bounds[1] < 1:
-            raise UserError("evo.yaml: step must be in (0, 1) and bounds within [0, 1)")
-        return cfg
+    def __post_init__(self) -> None:
+        need(self.generations is None or self.generations >= 1, "generations must be a positive integer (or null)")
+        need(self.offspring >= 1 and self.max_moves >= 1, "offspring and max_moves must be positive integers")
+        need(len(self.fidelities) == len(self.survivors) + 1 and self.fidelities[-1] is None,
+             "fidelities need one rung more than survivors, the last null (all batches)")
+        need(all(s >= 1 for s in self.survivors) and list(self.survivors) == sorted(self.survivors, reverse=True)
+             and all(s <= self.offspring for s in self.survivors), "survivors must be positive, non-increasing and at most offspring")
+        need(all(f is None or f >= 1 for f in self.fidelities), "fidelities must be positive batch counts (null: all)")
+        need(0 < self.step < 1 and 0 <= self.bounds[0] < self.bounds[1] < 1,
+             "step must be in (0, 1) and bounds within [0, 1)")
 
 
 def arms(base: Policy, updates: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -71,9 +65,9 @@ class EvoStrategy(Strategy):
     name = "evo"
     stackable = True
 
-    def __init__(self, context: SearchContext, space: dict):
+    def __init__(self, context: SearchContext, space: dict | EvoSpace):
         self.context = context
-        self.config = EvoConfig.from_dict(space or {})
+        self.config = read(EvoSpace, space, "evo.yaml")
         unknown = [u for u in context.updates if u not in UPDATES]
         if unknown:
             raise UserError(f"unknown update {unknown[0]!r} (choose {', '.join(UPDATES)})")
@@ -172,6 +166,9 @@ class EvoStrategy(Strategy):
         cfg = self.config
         if self._rung == 0 or not self._scored:
             self._rung = 0
+            if cfg.generations is not None and self.generation >= cfg.generations:
+                self._stage = "done"
+                return
             self.generation += 1
             for _ in range(cfg.offspring):
                 child = self._mutate(self.parent[0])
@@ -230,25 +227,45 @@ class EvoStrategy(Strategy):
         return self._stage == "done" and not self._queue and not self._waiting
 
     def state_dict(self) -> dict:
+        """Everything, the rung in flight included: its candidates are told after a resume (the
+        driver runs again what it had asked), so the search continues where it stopped."""
         version, internal, gauss = self.rng.getstate()
-        return {"arm_losses": self.arm_losses, "arm": list(self.arm) if self.arm else None,
-                "parent": [self.parent[0], self.parent[1]] if self.parent else None,
-                "best_seen": list(self.best_seen) if self.best_seen else None, "generation": self.generation,
-                "stage": self._stage, "rng": [version, list(internal), gauss]}
+        return {"arm_losses": {k: _finite(v) for k, v in self.arm_losses.items()},
+                "arm": list(self.arm) if self.arm else None,
+                "parent": [self.parent[0], _finite(self.parent[1])] if self.parent else None,
+                "best_seen": [self.best_seen[0], _finite(self.best_seen[1])] if self.best_seen else None,
+                "generation": self.generation, "stage": self._stage, "rung": self._rung,
+                "queue": [{"policy": c.policy.to_dict(), "batches": c.batches, "tag": c.tag} for c in self._queue],
+                "waiting": self._waiting, "scored": [[c, _finite(loss)] for c, loss in self._scored],
+                "rng": [version, list(internal), gauss]}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume between generations: a generation in flight when the search stopped starts again."""
-        self.arm_losses = dict(state.get("arm_losses", {}))
+        self.arm_losses = {k: _loss(v) for k, v in state.get("arm_losses", {}).items()}
         self.arm = tuple(state["arm"]) if state.get("arm") else None
-        self.parent = (list(state["parent"][0]), float(state["parent"][1])) if state.get("parent") else None
-        self.best_seen = tuple(state["best_seen"]) if state.get("best_seen") else None
+        self.parent = (list(state["parent"][0]), _loss(state["parent"][1])) if state.get("parent") else None
+        self.best_seen = (state["best_seen"][0], _loss(state["best_seen"][1])) if state.get("best_seen") else None
         self.generation = int(state.get("generation", 0))
-        stage = state.get("stage", "arms")
-        self._stage = "evolve" if stage == "warm" and self.parent is not None else stage
-        if self._stage == "arms" and len(self.arm_losses) < len(self.arms):
-            self.arm_losses = {}  # the arms are asked again (answered from the search's cache)
-        self._rung, self._queue, self._waiting, self._scored = 0, [], {}, []
+        self._stage = state.get("stage", "arms")
         if "rng" in state:
             v, internal, gauss = state["rng"]
             self.rng.setstate((v, tuple(internal), gauss))
+        if "waiting" in state:
+            self._rung = int(state["rung"])
+            self._queue = [Candidate(Policy.from_dict(c["policy"]), c["batches"], c["tag"]) for c in state["queue"]]
+            self._waiting = {k: None if v is None else list(v) for k, v in state["waiting"].items()}
+            self._scored = [(list(c), _loss(loss)) for c, loss in state["scored"]]
+            return
+        # a state saved before rungs were kept: the generation in flight starts again
+        self._stage = "evolve" if self._stage == "warm" and self.parent is not None else self._stage
+        if self._stage == "arms" and len(self.arm_losses) < len(self.arms):
+            self.arm_losses = {}  # the arms are asked again (answered from the search's cache)
+        self._rung, self._queue, self._waiting, self._scored = 0, [], {}, []
 
+
+def _finite(loss: float) -> float | None:
+    """JSON has no infinity: a failed candidate's loss is stored as null."""
+    return loss if loss != float("inf") else None
+
+
+def _loss(stored) -> float:
+    return float("inf") if stored is None else float(stored)

@@ -26,8 +26,9 @@ import random
 from dataclasses import replace
 from functools import lru_cache
 
+from autoprune.config import read
 from autoprune.errors import UserError
-from autoprune.evaluation.proxy import ProxyResult
+from autoprune.messages import ProxyResult
 from autoprune.pruning.expression import TERMINALS, Expr, call, const, parse
 from autoprune.pruning.policy import Policy
 from autoprune.pruning.simplify import is_degenerate, rank_form, simplify
@@ -59,9 +60,11 @@ class GPStrategy(Strategy):
     name = "gp"
     stackable = True
 
-    def __init__(self, context: SearchContext, space: dict):
+    def __init__(self, context: SearchContext, space: dict | GPSpace):
+        if isinstance(space, dict) and space.get("strategy") == "gp":  # a key of specs stored before it was dropped
+            space = {k: v for k, v in space.items() if k != "strategy"}
         self.context = context
-        self.space = GPSpace.from_dict(space)
+        self.space = read(GPSpace, space, "gp.yaml")
         gp, base, tools, Individual = _deap()
         self._gp, self._Individual = gp, Individual
         s = self.space
@@ -302,12 +305,14 @@ class GPStrategy(Strategy):
         return replace(self.context.base_policy, metric=hof[0]["key"]), table[hof[0]["key"]]
 
     def state_dict(self) -> dict:
-        pending = self._queue + sorted(self._inflight)
+        """Candidates in flight are kept apart: the driver tells their results after a resume (it
+        runs again what it had asked), so the search continues where it stopped."""
         return {"generation": self.generation, "stage": self._stage,
                 "population": [str(e) for e in self.population], "low": _finite_or_none(self.low),
                 "high": _finite_or_none(self.high), "seq": _finite_or_none(self.seq), "masks": self.masks,
                 "seconds": self.seconds,
-                "queue": [list(x) for x in pending], "counts": self.counts, "history": self.history,
+                "queue": [list(x) for x in self._queue], "inflight": [list(x) for x in sorted(self._inflight)],
+                "counts": self.counts, "history": self.history,
                 "rng": _rng_to_json(self._rng.getstate())}
 
     def load_state_dict(self, state: dict) -> None:
@@ -318,8 +323,8 @@ class GPStrategy(Strategy):
         self.seq = {k: math.inf if v is None else float(v) for k, v in state.get("seq", {}).items()}
         self.masks = dict(state.get("masks", {}))
         self.seconds = {**self.seconds, **state.get("seconds", {})}
-        self._queue = [(k, f) for k, f in state["queue"]]  # in-flight candidates are asked again
-        self._inflight = set()
+        self._queue = [(k, f) for k, f in state["queue"]]  # (states saved before "inflight" hold them here)
+        self._inflight = {(k, f) for k, f in state.get("inflight", [])}
         self.counts, self.history = dict(state["counts"]), list(state["history"])
         self._rng.setstate(_rng_from_json(state["rng"]))
 

@@ -1,34 +1,34 @@
-"""The GP search space (``search_spaces/gp.yaml``): primitive set, tree limits, operator rates, seeds."""
+"""The GP search space (``search_spaces/gp.yaml``): primitive set, tree limits, operator rates, seeds.
+
+The defaults are the packaged file's (a test holds them equal)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from autoprune.errors import UserError
+from autoprune.config import need
 from autoprune.pruning.expression import BINARY, NAMED_FORMS, TERMINALS, UNARY, Expr, parse
 
 SEEDS = NAMED_FORMS  # seed individuals by name: magnitude, wanda, ria, pruner-zero
 
 
-@dataclass
+@dataclass(frozen=True)
 class GPSpace:
-    """The ``gp`` search space (``search_spaces/gp.yaml``); unknown keys are refused."""
-
-    unary: list[str] = field(default_factory=lambda: list(UNARY))
-    binary: list[str] = field(default_factory=lambda: list(BINARY))
-    terminals: list[str] = field(default_factory=lambda: list(TERMINALS))
-    constants: list[float] = field(default_factory=lambda: [0.5, 2.0])
-    population: int = 40
+    unary: tuple[str, ...] = UNARY
+    binary: tuple[str, ...] = BINARY
+    terminals: tuple[str, ...] = TERMINALS
+    constants: tuple[float, ...] = (0.5, 2.0)
+    population: int = 64
     generations: int | None = None  # None: until the phase's deadline
     init_min_height: int = 1
     init_max_height: int = 3
     max_height: int = 5
     crossover: float = 0.7
     mutation: float = 0.3
-    tournament: int = 4
+    tournament: int = 3
     elitism: int = 2
     hall_of_fame: int = 5
-    seeds: list[str] = field(default_factory=list)
+    seeds: tuple[str, ...] = ()
     low_batches: int = 1
     promote: int = 1
     sequential: int = 1  # per generation, the best full-fidelity metrics not yet scored sequentially
@@ -38,25 +38,18 @@ class GPSpace:
     def __post_init__(self) -> None:
         for name, allowed in (("unary", UNARY), ("binary", BINARY), ("terminals", TERMINALS)):
             bad = sorted(set(getattr(self, name)) - set(allowed))
-            if bad:
-                raise UserError(f"gp search space: unknown {name} {', '.join(bad)}")
-        if not self.terminals or self.population < 2 or (self.generations is not None and self.generations < 1) or self.tournament < 1:
-            raise UserError("gp search space: needs terminals, population >= 2, generations >= 1 (or null), tournament >= 1")
-        if not 1 <= self.init_min_height + 1 <= self.init_max_height + 1 <= self.max_height + 1:
-            raise UserError("gp search space: needs 0 <= init_min_height <= init_max_height <= max_height")
-        if not (0 <= self.crossover <= 1 and 0 <= self.mutation <= 1):
-            raise UserError("gp search space: crossover and mutation are probabilities")
-        if self.sequential < 0 or not 0 < self.sequential_share <= 1:
-            raise UserError("gp search space: needs sequential >= 0 and 0 < sequential_share <= 1")
-
-    @classmethod
-    def from_dict(cls, space: dict) -> "GPSpace":
-        space = {k: v for k, v in (space or {}).items() if k != "strategy"}
-        known = set(cls.__dataclass_fields__)
-        bad = sorted(set(space) - known)
-        if bad:
-            raise UserError(f"gp search space: unknown keys {', '.join(bad)}")
-        return cls(**space)
+            need(not bad, f"unknown {name} {', '.join(bad)} (choose from {', '.join(allowed)})")
+        need(len(self.terminals) > 0, "terminals must not be empty")
+        need(self.population >= 2, f"population must be >= 2, got {self.population}")
+        need(self.generations is None or self.generations >= 1, "generations must be >= 1 (or null)")
+        need(self.tournament >= 1, "tournament must be >= 1")
+        need(0 <= self.init_min_height <= self.init_max_height <= self.max_height,
+             "needs 0 <= init_min_height <= init_max_height <= max_height")
+        need(0 <= self.crossover <= 1 and 0 <= self.mutation <= 1, "crossover and mutation are probabilities")
+        need(self.sequential >= 0 and 0 < self.sequential_share <= 1,
+             "needs sequential >= 0 and 0 < sequential_share <= 1")
+        need(min(self.elitism, self.hall_of_fame, self.novelty_retries, self.promote) >= 0
+             and self.low_batches >= 1, "elitism, hall_of_fame, novelty_retries, promote >= 0 and low_batches >= 1")
 
 
 def seed_expression(seed: str) -> Expr:

@@ -3,20 +3,39 @@
 In the ``metric`` phase it draws, without repetition, from the grid of the named metrics in
 the space times the allocations (uniform, and OWL at each listed lambda). In the ``allocation``
 phase it keeps the context's metric and draws explicit block ratios: the target plus a uniform
-perturbation of at most ``spread``, recentred so the weight-count-weighted mean is the target.
+perturbation of at most ``spread``, recentred so the weight-count-weighted mean is the target,
+then projected onto the target to the weight (``allocation_space.explicit_policy``).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Literal
 
-from autoprune.evaluation.proxy import ProxyResult
+from autoprune.config import need, read
+from autoprune.messages import ProxyResult
 from autoprune.pruning.policy import Policy
+from autoprune.search.allocation_space import explicit_policy
 from autoprune.search.base import Candidate, SearchContext, Strategy
 
-DEFAULT_SPACE = {"metrics": ["magnitude", "wanda", "ria"], "owl_lambdas": [0.04, 0.08, 0.12, 0.16],
-                 "spread": 0.15}
+
+
+@dataclass(frozen=True)
+class RandomSpace:
+    """``search_spaces/random.yaml`` plus the phase the search runs it in; the defaults are the file's."""
+
+    phase: Literal["metric", "allocation"] = "metric"
+    metrics: tuple[str, ...] = ("magnitude", "wanda", "ria")
+    owl_lambdas: tuple[float, ...] = (0.04, 0.08, 0.12, 0.16)
+    spread: float = 0.15
+    draws: int | None = None  # candidates at most; None: the metric grid, or until the allocation phase's deadline
+
+    def __post_init__(self) -> None:
+        need(self.draws is None or self.draws >= 1, "draws must be a positive integer (or null)")
+        need(len(self.metrics) > 0, "metrics must not be empty")
+        need(all(0 < lam < 1 for lam in self.owl_lambdas), "owl_lambdas must be in (0, 1)")
+        need(0 <= self.spread < 1, f"spread must be in [0, 1), got {self.spread:g}")
 
 
 def balanced_ratios(target: float, offsets: list[float], weights: list[int], lo: float = 0.0,
@@ -36,10 +55,10 @@ class RandomStrategy(Strategy):
     name = "random"
     stackable = True
 
-    def __init__(self, context: SearchContext, space: dict):
+    def __init__(self, context: SearchContext, space: dict | RandomSpace):
         self.context = context
-        self.space = {**DEFAULT_SPACE, **(space or {})}
-        self.phase = self.space.get("phase", "metric")
+        self.space = read(RandomSpace, space, "random.yaml")
+        self.phase = self.space.phase
         self.rng = random.Random(context.seed)
         self.weights = [sum(b.values()) for b in context.block_sizes]
         self.results: list[tuple[dict, float]] = []  # (policy dict, loss) of every told candidate
@@ -49,24 +68,27 @@ class RandomStrategy(Strategy):
     def _grid(self) -> list[Policy]:
         base = self.context.base_policy
         out = []
-        for metric in self.space["metrics"]:
+        for metric in self.space.metrics:
             out.append(replace(base, metric=metric, allocation="uniform", block_ratios=None, update="none"))
             if base.nm is None:
                 out += [replace(base, metric=metric, allocation="owl", owl_lambda=float(lam), block_ratios=None,
-                                update="none") for lam in self.space["owl_lambdas"]]
+                                update="none") for lam in self.space.owl_lambdas]
         return out
 
     def _next(self) -> Policy | None:
+        if self.space.draws is not None and len(self.proposed) >= self.space.draws:
+            return None
         if self.phase == "metric":
             left = [p for p in self.grid if _key(p) not in self.proposed]
             return self.rng.choice(left) if left else None
         base = self.context.base_policy
         if base.nm is not None:
             return None  # an N:M pattern fixes every block's ratio
-        spread = float(self.space["spread"])
+        spread = self.space.spread
         offsets = [self.rng.uniform(-spread, spread) for _ in self.weights]
         ratios = balanced_ratios(base.sparsity, offsets, self.weights)
-        return replace(base, allocation="explicit", block_ratios=tuple(ratios))
+        raw = [[r] * len(blk) for r, blk in zip(ratios, self.context.block_sizes)]  # then exact to the weight
+        return explicit_policy(base, raw, self.context.block_sizes, (0.0, 0.99))
 
     def ask(self, n: int) -> list[Candidate]:
         out = []
@@ -90,15 +112,18 @@ class RandomStrategy(Strategy):
         return Policy.from_dict(d), loss
 
     def done(self) -> bool:
+        if self.space.draws is not None and len(self.proposed) >= self.space.draws:
+            return True
         if self.phase == "metric":
             return all(_key(p) in self.proposed for p in self.grid)
         return self.context.base_policy.nm is not None
 
     def state_dict(self) -> dict:
-        return {"results": self.results, "proposed": sorted(self.proposed), "rng": _rng_state(self.rng)}
+        results = [(d, None if loss == float("inf") else loss) for d, loss in self.results]  # JSON has no inf
+        return {"results": results, "proposed": sorted(self.proposed), "rng": _rng_state(self.rng)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.results = [(d, float(loss)) for d, loss in state.get("results", [])]
+        self.results = [(d, float("inf") if loss is None else float(loss)) for d, loss in state.get("results", [])]
         self.proposed = set(state.get("proposed", []))
         if "rng" in state:
             self.rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))

@@ -5,32 +5,43 @@ control: when an episode ends, the finished allocation becomes a ``Candidate`` a
 agent waits until ``tell`` hands back its proxy loss, which is the episode's final reward.
 
 Per-step rewards need the model (block-local damage from cached hidden states), which a
-strategy never holds: the evaluator side passes a ``Damage`` oracle as ``damage``, a
+strategy never holds: the evaluator side puts a ``Damage`` oracle in ``context.damage``, a
 ``BlockDamage`` next to the model (the benchmark) or a ``RemoteDamage`` that calls one on a Ray
 worker (``autoprune search``). Each episode's step damages go out in its candidate's tag.
 Without an oracle, rewards come only at the end of the episode, as in AMC.
+
+Resume: the agent's weights, optimiser, rollout buffer and random streams are not saved; what
+it was told is. ``state_dict`` keeps every told episode's step damages and final reward (and
+the open episode's damages); a new strategy with the same seed loaded from it replays those
+episodes without evaluating anything, answering each step and episode end from the record, so
+the agent is exactly where it stopped (stable-baselines3 on a CPU is deterministic given its
+seed; the replayed allocations are compared with the recorded ones, ``diverged`` counts any
+that differ). Replaying costs the agent's own training steps only.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
+from autoprune.config import need, read
 from autoprune.errors import UserError
-from autoprune.evaluation.proxy import ProxyResult
+from autoprune.messages import ProxyResult
 from autoprune.pruning.policy import Policy
 from autoprune.search.base import Candidate, SearchContext, Strategy
 
-ALGORITHMS = ("ppo", "sac", "ddpg")
-_KEYS = {"algorithm", "unit", "episodes", "bounds", "span", "step_weight", "final_weight", "loss_cap", "agent"}
-
 
 @dataclass(frozen=True)
-class RLConfig:
-    algorithm: str = "ppo"
-    unit: str = "block"  # block | linear: what one step allocates
-    episodes: int | None = 100  # None: until the allocation phase's deadline
+class RLSpace:
+    """``search_spaces/rl.yaml``; the defaults are the packaged file's (a test holds them equal)."""
+
+    algorithm: Literal["ppo", "sac", "ddpg"] = "ppo"
+    unit: Literal["block", "linear"] = "block"  # what one step allocates
+    episodes: int | None = None  # None: until the allocation phase's deadline
     bounds: tuple[float, float] = (0.0, 0.95)
     span: float = 0.3  # how far one action may move a unit from the average ratio still needed
     step_weight: float = 10.0
@@ -38,29 +49,11 @@ class RLConfig:
     loss_cap: float = 20.0  # a failed or exploding candidate's final loss
     agent: dict = field(default_factory=dict)  # keyword arguments of the stable-baselines3 algorithm
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "RLConfig":
-        if not isinstance(d, dict):
-            raise UserError("the RL search space must be a mapping")
-        unknown = sorted(set(d) - _KEYS)
-        if unknown:
-            raise UserError(f"RL space: unknown keys {', '.join(map(str, unknown))}")
-        if d.get("algorithm", "ppo") not in ALGORITHMS:
-            raise UserError(f"RL space: unknown algorithm {d.get('algorithm')!r} (choose {', '.join(ALGORITHMS)})")
-        episodes = d.get("episodes", 100)
-        if episodes is not None and (not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1):
-            raise UserError("RL space: episodes must be a positive integer (or null)")
-        bounds = d.get("bounds", [0.0, 0.95])
-        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and 0 <= bounds[0] <= bounds[1] < 1):
-            raise UserError("RL space: bounds must be [low, high] within [0, 1)")
+    def __post_init__(self) -> None:
+        need(self.episodes is None or self.episodes >= 1, "episodes must be a positive integer (or null)")
+        need(0 <= self.bounds[0] <= self.bounds[1] < 1, "bounds must be [low, high] within [0, 1)")
         for key in ("span", "step_weight", "final_weight", "loss_cap"):
-            if not isinstance(d.get(key, 1.0), (int, float)) or d.get(key, 1.0) < 0:
-                raise UserError(f"RL space: {key} must be a non-negative number")
-        if not isinstance(d.get("agent", {}), dict):
-            raise UserError("RL space: agent must be a mapping of stable-baselines3 arguments")
-        return cls(d.get("algorithm", "ppo"), d.get("unit", "block"), episodes, (float(bounds[0]), float(bounds[1])),
-                   float(d.get("span", 0.3)), float(d.get("step_weight", 10.0)), float(d.get("final_weight", 1.0)),
-                   float(d.get("loss_cap", 20.0)), dict(d.get("agent", {})))
+            need(getattr(self, key) >= 0, f"{key} must be a non-negative number")
 
     @property
     def limit(self) -> int:
@@ -72,19 +65,23 @@ class _BudgetSpent(Exception):
     pass
 
 
-class _Guard:
-    """The damage oracle, refusing further steps once the episode budget is spent."""
+class _Steps:
+    """The damage oracle as the environment sees it: recorded damages first (a replay), then the
+    live oracle, which refuses further steps once the episode budget is spent."""
 
-    def __init__(self, damage, spent):
-        self.damage, self.spent = damage, spent
+    def __init__(self, damage, spent, script: deque):
+        self.damage, self.spent, self.script = damage, spent, script
 
     def features(self, units):
         return self.damage.features(units)
 
     def reset(self):
-        self.damage.reset()
+        if not self.script:
+            self.damage.reset()
 
     def step(self, unit, ratio):
+        if self.script:
+            return self.script.popleft()
         if self.spent():
             raise _BudgetSpent
         return self.damage.step(unit, ratio)
@@ -108,31 +105,49 @@ def make_agent(algorithm: str, env, seed: int, n_units: int, kwargs: dict):
 class RLStrategy(Strategy):
     name = "rl"
 
-    def __init__(self, context: SearchContext, space: dict, damage=None):
+    def __init__(self, context: SearchContext, space: dict | RLSpace):
         from autoprune.search.rl_env import AllocationEnv, make_units
 
         self.context = context
-        self.config = cfg = RLConfig.from_dict(space)
+        self.config = cfg = read(RLSpace, space, "rl.yaml")
         units = make_units(context.block_sizes, cfg.unit)
+        self.fixed = context.base_policy.nm is not None  # an N:M pattern fixes every ratio: done at once
         self._asked = self._told = 0
-        guard = _Guard(damage, lambda: self._asked >= cfg.limit) if damage is not None else None
-        self.env = AllocationEnv(context.base_policy, context.block_sizes, units, self._final_loss, guard,
-                                 cfg.bounds, cfg.step_weight, cfg.final_weight, cfg.span)
-        self.agent = make_agent(cfg.algorithm, self.env, context.seed, len(units), cfg.agent)
+        self._script: deque[float] = deque()  # recorded step damages still to replay
+        self._replay: deque[dict] = deque()  # recorded episodes still to replay
+        oracle = None if self.fixed else context.damage
+        steps = _Steps(oracle, lambda: self._asked >= cfg.limit, self._script) if oracle is not None else None
+        self.env = self.agent = None
+        if not self.fixed:
+            self.env = AllocationEnv(context.base_policy, context.block_sizes, units, self._final_loss, steps,
+                                     cfg.bounds, cfg.step_weight, cfg.final_weight, cfg.span)
+            self.agent = make_agent(cfg.algorithm, self.env, context.seed, len(units), cfg.agent)
         self._out: queue.Queue = queue.Queue()
         self._in: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._pending: Candidate | None = None  # the episode's allocation, waiting for its result
         self._best: tuple[Policy, float] | None = None
         self.history: list[float] = []  # proxy loss of every episode, in order
+        self.episodes: list[dict] = []  # per told episode: {"ratios", "damages", "reward_loss"}
+        self.diverged = 0  # replayed episodes whose allocation differs from the recorded one
+        self._open: dict = {}  # the open episode's {"ratios", "damages"}
 
     def _final_loss(self, policy: Policy) -> float:
-        """Runs in the learner thread: hand the finished allocation out and wait for its loss."""
+        """Runs in the learner thread: hand the finished allocation out and wait for its loss
+        (or, replaying, answer from the record)."""
         if self._asked >= self.config.limit:
             raise _BudgetSpent
         self._asked += 1
-        self._out.put(Candidate(policy, None, {"episode": self._asked, "damages": list(self.env.damages)}))
+        if self._replay:
+            told = self._replay.popleft()
+            self.diverged += told["ratios"] != list(self.env.ratios)
+            return told["reward_loss"]
+        self._open = {"ratios": list(self.env.ratios), "damages": list(self.env.damages)}
+        self._out.put(Candidate(policy, None, {"episode": self._asked, "damages": self._open["damages"]}))
         result: ProxyResult = self._in.get()
+        return self._reward_loss(result)
+
+    def _reward_loss(self, result: ProxyResult) -> float:
         return min(result.loss, self.config.loss_cap) if result.ok else self.config.loss_cap
 
     def _learn(self) -> None:
@@ -146,21 +161,26 @@ class RLStrategy(Strategy):
         finally:
             self._out.put(None)
 
-    def ask(self, n: int) -> list[Candidate]:
-        if self._told >= self.config.limit or n < 1 or self._pending is not None:
-            return []  # one episode at a time: the agent waits for the last one's reward
+    def _next(self) -> Candidate | None:
+        """Start the agent if need be and wait for its next finished episode."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._learn, name="rl-agent", daemon=True)
             self._thread.start()
         item = self._out.get()
         if isinstance(item, BaseException):
             raise item
-        self._pending = item
-        return [] if item is None else [item]
+        return item
+
+    def ask(self, n: int) -> list[Candidate]:
+        if self.done() or n < 1 or self._pending is not None:
+            return []  # one episode at a time: the agent waits for the last one's reward
+        self._pending = self._next()
+        return [] if self._pending is None else [self._pending]
 
     def tell(self, candidate: Candidate, result: ProxyResult) -> None:
-        if candidate is not self._pending and candidate != self._pending:
-            return  # not this agent's open episode (a replay after a restart: the agent starts afresh)
+        if self._pending is None or candidate != self._pending:
+            return  # not this agent's open episode (a replay of one it was told already)
+        self.episodes.append({**self._open, "reward_loss": self._reward_loss(result)})
         self._pending = None
         self._told += 1
         self.history.append(result.loss)
@@ -171,7 +191,36 @@ class RLStrategy(Strategy):
             self._thread.join()  # the agent stops at the next step: no model change after this
 
     def done(self) -> bool:
-        return self._told >= self.config.limit
+        return self.fixed or self._told >= self.config.limit
 
     def best(self) -> tuple[Policy, float] | None:
         return self._best
+
+    def state_dict(self) -> dict:
+        return {"episodes": self.episodes, "pending": self._open if self._pending is not None else None,
+                "diverged": self.diverged,
+                "history": [x if math.isfinite(x) else None for x in self.history],
+                "best": None if self._best is None else [self._best[0].to_dict(), self._best[1]]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replay the recorded episodes (nothing is evaluated); an episode that was open is asked
+        again by the agent itself, so its result may be told at once."""
+        if self._thread is not None:
+            raise RuntimeError("load_state_dict on an RL strategy that has started")
+        self.episodes = [dict(e) for e in state.get("episodes", [])]
+        self.history = [math.inf if x is None else float(x) for x in state.get("history", [])]
+        self._best = None if state.get("best") is None else (Policy.from_dict(state["best"][0]), float(state["best"][1]))
+        self.diverged = int(state.get("diverged", 0))
+        self._told = len(self.episodes)
+        self._replay.extend(self.episodes)
+        if self.fixed:
+            return
+        if self.env.damage is not None:
+            self._script.extend(d for e in self.episodes for d in e["damages"])
+        pending = state.get("pending")
+        if pending is not None and self._told < self.config.limit:
+            if self.env.damage is not None:
+                self._script.extend(pending["damages"])
+            self._pending = self._next()
+            if self._pending is not None:
+                self.diverged += self._open["ratios"] != pending["ratios"]
