@@ -137,7 +137,7 @@ def test_interrupted_bo_resumes_without_losing_completed_trials(tmp_path):
     assert bo.study_name == name and bo.finished() == len(finished)
     first = bo.ask(1)[0]
     assert all(first.tag["trial"] != t.number for t in running)
-    assert first.policy == bo.config.allocation.decode(running[0].params, Policy(sparsity=0.6), SIZES)
+    assert first.policy == bo.allocation.decode(running[0].params, Policy(sparsity=0.6), SIZES)
     bo.tell(first, bowl(first.policy, first.batches))
     run_serial(bo, evaluate, 1000)
     after = {t.number: t for t in bo.study.get_trials()}
@@ -169,14 +169,14 @@ def test_restart_from_state_dict_adopts_trials_in_flight(tmp_path):
 
 def test_bad_input(tmp_path):
     ctx = context(tmp_path)
-    with pytest.raises(UserError, match="unknown sampler 'cmaes'"):
+    with pytest.raises(UserError, match="bo.yaml: sampler must be one of tpe, gp, got 'cmaes'"):
         BOStrategy(ctx, space(sampler="cmaes"))
     with pytest.raises(UserError, match="unknown keys colour"):
         BOStrategy(ctx, space(colour="red"))
     with pytest.raises(UserError, match="unknown allocation space 'nope'"):
         BOStrategy(ctx, space(allocation="nope"))
     for bad in ([4, 1], [None, 2], [True], "1,2"):
-        with pytest.raises(UserError, match="fidelities must be increasing"):
+        with pytest.raises(UserError, match="bo.yaml: fidelities must be"):
             BOStrategy(ctx, space(fidelities=bad))
     # rungs past the proxy's 4 batches collapse onto the full fidelity
     assert BOStrategy(ctx, space(fidelities=[2, 8, None], study_name="collapse")).rungs == (2, 4)

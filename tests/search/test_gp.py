@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from autoprune.config import read
 from autoprune.errors import UserError
 from autoprune.evaluation.proxy import ProxyEvaluator
 from autoprune.pruning.engine import collect_stats
@@ -39,12 +40,17 @@ def _evaluate(evaluator):
 
 
 def test_search_space_file_and_validation():
-    space = GPSpace.from_dict(yaml.safe_load((ROOT / "search_spaces" / "gp.yaml").read_text()))
-    assert "mms" in space.unary and space.terminals == ["W", "X", "G", "Hd", "Hi"]
-    with pytest.raises(UserError, match="unknown keys popsize"):
-        GPSpace.from_dict({"popsize": 3})
-    with pytest.raises(UserError, match="unknown unary"):
-        GPSpace.from_dict({"unary": ["abs", "cube"]})
+    space = read(GPSpace, yaml.safe_load((ROOT / "search_spaces" / "gp.yaml").read_text()), "gp.yaml")
+    assert "mms" in space.unary and space.terminals == ("W", "X", "G", "Hd", "Hi")
+    with pytest.raises(UserError, match="gp.yaml: unknown keys popsize"):
+        read(GPSpace, {"popsize": 3}, "gp.yaml")
+    with pytest.raises(UserError, match="gp.yaml: unknown unary cube"):
+        read(GPSpace, {"unary": ["abs", "cube"]}, "gp.yaml")
+    with pytest.raises(UserError, match="gp.yaml: population must be an integer, got 6.5"):
+        GPStrategy(SearchContext(Policy(), (), 1, 0, Path(".")), {"population": 6.5})
+    # a spec stored before the ``strategy`` key was dropped from gp.yaml still reads
+    assert read(GPSpace, {"population": 8}, "gp.yaml") == GPStrategy(
+        SearchContext(Policy(), (), 1, 0, Path(".")), {"strategy": "gp", "population": 8}).space
 
 
 def test_gp_search_runs_caches_and_ranks(evaluator, tmp_path):
@@ -149,9 +155,13 @@ def test_state_dict_is_json_and_resumes(evaluator, tmp_path):
     b = GPStrategy(ctx, SMALL)
     b.load_state_dict(state)
     assert [str(e) for e in b.population] == [str(e) for e in a.population]
-    # the two unanswered candidates are asked again after the resume
-    again = {c.tag["key"] for c in b.ask(100)}
-    assert {c.tag["key"] for c in first[3:]} <= again
+    # the two unanswered candidates stay in flight (the driver tells their results after a resume),
+    # not asked again; the rest of the generation comes as it would have
+    again = [c.tag["key"] for c in b.ask(100)]
+    assert again == [c.tag["key"] for c in a.ask(100)] and not {c.tag["key"] for c in first[3:]} & set(again)
+    for cand, res in zip(first[3:], ev(first[3:])):
+        b.tell(cand, res)
+    assert b._inflight == {(k, "low") for k in again}
 
 
 def test_same_seed_same_search(evaluator, tmp_path):

@@ -107,7 +107,7 @@ def test_rl_strategy_searches_and_leaves_the_model_dense(proxy, damage, tmp_path
     dense = {n: lin.weight.clone() for n, lin in proxy.evaluator.linears.items()}
     sizes = sizes_of(proxy)
     ctx = SearchContext(BASE, sizes, proxy.evaluator.max_batches, 0, tmp_path)
-    rl = RLStrategy(ctx, {"algorithm": algorithm, "episodes": 12}, damage=damage)
+    rl = RLStrategy(replace(ctx, damage=damage), {"algorithm": algorithm, "episodes": 12})
     results = []
 
     def evaluate(cands):
@@ -133,11 +133,11 @@ def test_final_reward_only_without_a_damage_oracle(proxy, tmp_path):
 
 def test_bad_input(proxy, tmp_path):
     ctx = SearchContext(BASE, sizes_of(proxy), 1, 0, tmp_path)
-    with pytest.raises(UserError, match="unknown algorithm 'a2c'"):
+    with pytest.raises(UserError, match="rl.yaml: algorithm must be one of ppo, sac, ddpg, got 'a2c'"):
         RLStrategy(ctx, {"algorithm": "a2c"})
     with pytest.raises(UserError, match="unknown keys gamma"):
         RLStrategy(ctx, {"gamma": 0.9})
-    with pytest.raises(UserError, match="unknown RL unit 'head'"):
+    with pytest.raises(UserError, match="rl.yaml: unit must be one of block, linear, got 'head'"):
         RLStrategy(ctx, {"unit": "head"})
     with pytest.raises(UserError, match="invalid agent arguments"):
         RLStrategy(ctx, {"agent": {"no_such_argument": 1}})
@@ -205,3 +205,34 @@ def test_worker_block_ratios_are_the_engines(worker):
         assert got[name] == pytest.approx(block_ratios(policy, bls, worker.evaluator.stats.X))
     assert got["owl"] != pytest.approx([BASE.sparsity] * len(bls))
     assert worker.block_ratios(Policy(metric="wanda", pattern="2:4").to_dict(), ["owl", "alpha"]) == {}
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "sac"])
+def test_a_resumed_agent_continues_where_it_stopped(proxy, damage, tmp_path, algorithm):
+    """K episodes, the state through JSON, a new strategy (same seed) replays them without
+    evaluating anything or stepping the damage oracle, then the next M equal an uninterrupted run's."""
+    import json
+
+    ctx = SearchContext(BASE, sizes_of(proxy), proxy.evaluator.max_batches, 0, tmp_path, damage=damage)
+    space = {"algorithm": algorithm, "episodes": 14, "agent": {"n_steps": 10, "batch_size": 10} if algorithm == "ppo"
+             else {"learning_starts": 10}}  # the agent learns within the replayed episodes
+    evaluate = lambda cands: [proxy.evaluate(c.policy) for c in cands]  # noqa: E731
+    whole = RLStrategy(ctx, space)
+    seen = []
+    run_serial(whole, lambda cs: seen.extend(cs) or evaluate(cs), 100)
+    first = RLStrategy(ctx, space)
+    run_serial(first, evaluate, 6)
+    open_ = first.ask(1)  # in flight when the search stops
+    state = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    assert len(state["episodes"]) == 6 and state["pending"]["damages"] == open_[0].tag["damages"]
+    calls = []
+    counting = type("Counting", (), {"features": lambda s, u: damage.features(u), "reset": lambda s: damage.reset(),
+                                     "step": lambda s, u, r: calls.append(u) or damage.step(u, r)})()
+    second = RLStrategy(replace(ctx, damage=counting), space)
+    second.load_state_dict(state)
+    assert calls == [] and second.ask(1) == []  # replayed; the open episode is asked again, waiting for its result
+    second.tell(open_[0], evaluate(open_)[0])
+    rest = []
+    run_serial(second, lambda cs: rest.extend(cs) or evaluate(cs), 100)
+    assert [c.policy for c in seen] == [c.policy for c in [*seen[:6], *open_, *rest]] and second.diverged == 0
+    assert len(calls) == 7 * len(ctx.block_sizes) and second.history[:7] == whole.history[:7]

@@ -64,3 +64,46 @@ def test_resume_reads_the_stored_spec_not_the_edited_files(tmp_path):
     bad = subprocess.run(CLI + ["search", *args[1:-1], "runs/other", "--spaces", str(spaces)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "malformed YAML" in bad.stderr and not (tmp_path / "runs" / "other").exists()
+
+
+def test_code_defaults_are_the_packaged_files():
+    """Each strategy's space dataclass, read from the packaged file, equals its defaults: the
+    files and the code cannot disagree."""
+    from autoprune.config import read
+    from autoprune.search.allocation_space import AllocationSpace, parse_space
+    from autoprune.search.bo import BOSpace
+    from autoprune.search.evo import EvoSpace
+    from autoprune.search.gp_space import GPSpace
+    from autoprune.search.random_search import RandomSpace
+    from autoprune.search.rl import RLSpace
+
+    s = spec.resolve()
+    classes = {"gp": GPSpace, "bo": BOSpace, "rl": RLSpace, "evo": EvoSpace, "random": RandomSpace}
+    assert set(classes) | {"allocation"} == set(s) == set(spec.SPACES)
+    for name, cls in classes.items():
+        assert read(cls, s[name], f"{name}.yaml") == cls(), name
+    for name, entry in s["allocation"].items():  # what each entry sets beyond its kind is the defaults
+        own = AllocationSpace(name, entry["kind"], per_block=entry.get("per_block", False))
+        assert parse_space(name, entry) == own, name
+
+
+def test_one_reader_refuses_unknown_keys_and_bad_values_in_one_line():
+    from autoprune.config import read
+    from autoprune.search.bo import BOSpace
+    from autoprune.search.rl import RLSpace
+
+    for space, message in ((["x"], "rl.yaml: expected a mapping, got list"),
+                           ({"gamma": 0.9}, "rl.yaml: unknown keys gamma"),
+                           ({"episodes": "10"}, "rl.yaml: episodes must be an integer or null, got '10'"),
+                           ({"episodes": True}, "rl.yaml: episodes must be an integer or null, got True"),
+                           ({"episodes": 0}, "rl.yaml: episodes must be a positive integer"),
+                           ({"bounds": [0.1]}, r"rl.yaml: bounds must be \[a number, a number\], got \[0.1\]"),
+                           ({"bounds": [0.5, 0.2]}, r"rl.yaml: bounds must be \[low, high\] within \[0, 1\)")):
+        with pytest.raises(UserError, match=message) as e:
+            read(RLSpace, space, "rl.yaml")
+        assert "\n" not in str(e.value)
+    assert read(RLSpace, {"span": 1, "bounds": [0, 0.9]}, "rl.yaml").span == 1.0  # ints are numbers; lists tuples
+    with pytest.raises(UserError, match="bo.yaml: allocation must be a space name"):
+        read(BOSpace, {"allocation": ["per_block", "per_block"]}, "bo.yaml")
+    with pytest.raises(UserError, match="unknown allocation space 'nope'"):
+        read(BOSpace, {"allocation": "nope"}, "bo.yaml")
