@@ -219,9 +219,8 @@ def write_search(cfg: ShrinkConfig, res: ShrinkResult, tracker) -> None:
     for t in res.trials:
         number.setdefault(t.plan, t.number)
     chosen = next(t for t in res.trials if t.plan == res.plan)
-    dense_rate = res.tokens_per_s[0] if res.tokens_per_s else None
-    files.append(plot_front(list(res.trials), cfg.out / PLOT_FILE, dense_rate * cfg.speedup if dense_rate else None,
-                            chosen, f"{cfg.model}: {cfg.search}, {len(res.trials)} trials, target {cfg.speedup:g}x"))
+    files.append(plot_front(list(res.trials), cfg.out / PLOT_FILE, res.tokens_per_s[0], cfg.speedup, chosen,
+                            f"{cfg.model}: {cfg.search}, {len(res.trials)} trials, target {cfg.speedup:g}x"))
     tracker.finish(chosen.number, {number[c.candidate.plan]: c.loss for c in res.candidates},
                    {"speedup": res.speedup, "select_ppl": min(c.loss for c in res.candidates),
                     "eval_ppl": res.perplexity, "dense_eval_ppl": res.dense_perplexity,

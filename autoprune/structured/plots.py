@@ -1,4 +1,8 @@
-"""The structured search's picture: proxy perplexity against measured decode tokens/s, every trial and the front."""
+"""The structured search's picture: proxy perplexity against measured decode tokens/s, every trial and the front.
+
+Tokens/s on the x axis are each trial's measured speed-up (a ratio timed interleaved with the
+dense model, so a machine busy with other work slows both alike) times the dense model's measured
+decode rate: one consistent axis, on which the front is the front of the speed-ups."""
 
 from __future__ import annotations
 
@@ -7,32 +11,33 @@ from pathlib import Path
 from autoprune.structured.search import Trial, pareto_front
 
 
-def plot_front(trials: list[Trial], path: Path, target_tokens_per_s: float | None = None,
+def plot_front(trials: list[Trial], path: Path, dense_tokens_per_s: float, target: float | None = None,
                chosen: Trial | None = None, title: str = "structured search") -> Path:
-    """Scored trials (feasible filled, short of the target hollow), the Pareto front as a step line,
-    the target's tokens/s as a vertical line and the ``chosen`` trial as a star."""
+    """Scored trials (feasible filled, short of ``target`` hollow), the Pareto front as a line, the
+    target as a vertical line and the ``chosen`` trial as a star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rate = dense_tokens_per_s
     fig, ax = plt.subplots(figsize=(7, 4.5))
     scored = [t for t in trials if t.loss is not None]
     for feasible, style in ((True, {"color": "tab:blue"}), (False, {"facecolors": "none", "edgecolors": "tab:blue"})):
         pts = [t for t in scored if t.feasible == feasible]
         if pts:
-            ax.scatter([t.tokens_per_s for t in pts], [t.loss for t in pts], s=14, alpha=0.7,
+            ax.scatter([t.speedup * rate for t in pts], [t.loss for t in pts], s=14, alpha=0.7,
                        label="trials" + ("" if feasible else " (short of the target)"), **style)
     front = pareto_front(trials)
     if front:
-        ax.step([t.tokens_per_s for t in front], [t.loss for t in front], where="post", color="black", lw=1.2,
+        ax.plot([t.speedup * rate for t in front], [t.loss for t in front], color="black", lw=1.2, marker=".",
                 label="Pareto front (proxy)")
-    if target_tokens_per_s:
-        ax.axvline(target_tokens_per_s, color="grey", ls="--", lw=1, label="target speed-up")
+    if target:
+        ax.axvline(target * rate, color="grey", ls="--", lw=1, label=f"target {target:g}x")
     if chosen is not None and chosen.loss is not None:
-        ax.scatter([chosen.tokens_per_s], [chosen.loss], marker="*", s=220, color="gold", edgecolor="black",
+        ax.scatter([chosen.speedup * rate], [chosen.loss], marker="*", s=220, color="gold", edgecolor="black",
                    zorder=5, label="chosen")
-    ax.set_xlabel("measured decode tokens/s (batch 1)")
+    ax.set_xlabel(f"decode tokens/s, batch 1 (measured speed-up x dense {rate:.1f} tokens/s)")
     ax.set_ylabel("proxy perplexity")
     if scored and max(t.loss for t in scored) > 10 * min(t.loss for t in scored):
         ax.set_yscale("log")
