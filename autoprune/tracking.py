@@ -17,6 +17,8 @@ step.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -55,17 +57,35 @@ def check_uri(uri: str) -> str:
             socket.create_connection((parsed.hostname, port), timeout=3).close()
         except OSError as e:
             raise UserError(f"tracking URI {uri} is unreachable ({e.strerror or e})") from None
-    elif parsed.scheme == "sqlite":
+    lock = None
+    if parsed.scheme == "sqlite":
         path = uri[len("sqlite:///"):]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            lock = Path(path + ".lock")
     elif parsed.scheme in ("", "file"):
         Path(parsed.path or uri).mkdir(parents=True, exist_ok=True)
     try:
-        _client(uri).search_experiments(max_results=1)
+        # two searches starting at once on a new SQLite store would both create and migrate its
+        # tables (and one fail): the first to hold the lock does it, the other then finds it done
+        with _exclusive(lock):
+            _client(uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any store failure is one line for the user
         raise UserError(f"tracking URI {uri} cannot be used: {str(e).splitlines()[0][:200]}") from None
     return uri
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path | None):
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def open_store(uri: str) -> str:

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -34,7 +34,7 @@ def main() -> None:
 
     quiet_libraries()
     cfg = SearchConfig.from_dict(json.loads((args.search / CONFIG_FILE).read_text()))
-    worker = ProxyWorker(asdict(replace(worker_spec(cfg), gradients=False)))
+    worker = ProxyWorker(replace(worker_spec(cfg), gradients=False))
     if worker.error:
         raise SystemExit(worker.error)
     base = Policy(sparsity=cfg.sparsity, pattern=cfg.pattern)
@@ -44,14 +44,14 @@ def main() -> None:
         if policy is None:
             continue
         t0 = time.perf_counter()
-        selected[key] = worker.validate(policy.to_dict(), split="select")
-        print(f"{key:<24} selection ppl {selected[key]['perplexity']:9.3f}   ({time.perf_counter() - t0:.0f} s)",
+        selected[key] = worker.validate(policy, split="select")
+        print(f"{key:<24} selection ppl {selected[key].perplexity:9.3f}   ({time.perf_counter() - t0:.0f} s)",
               flush=True)
     print(f"\nrecipes under the protocol of {args.search} ({cfg.model}, {cfg.sparsity:g} {cfg.pattern}; "
           f"select {cfg.select}, eval {cfg.eval}):")
     for name, key in best_variants(selected).items():
-        res = worker.validate(policies[key].to_dict(), split="eval")
-        print(f"{name:<16} {key:<24} selection {selected[key]['perplexity']:9.3f}   eval {res['perplexity']:9.3f}",
+        res = worker.validate(policies[key], split="eval")
+        print(f"{name:<16} {key:<24} selection {selected[key].perplexity:9.3f}   eval {res.perplexity:9.3f}",
               flush=True)
     for name, why in skipped.items():
         print(f"{name:<16} skipped: {why}")

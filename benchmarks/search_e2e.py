@@ -166,7 +166,7 @@ def main() -> None:
     forward_gpu = 2 * params * args.proxy_tokens_7b / (0.4 * 989e12)
     gpu_7b = forward_gpu + params * 24 / (0.5 * 3.35e12)
     gpu_7b_sorted = forward_gpu + params / 2e9  # conservative: masks by a per-row sort at 2 G keys/s
-    search_s = 8 * 3600 * 0.85  # the orchestrator's default share for search (validation: the rest)
+    search_s = 8 * 3600 * 0.85  # the default share for search (validation: the rest)
     stories = sum(per_cand) / max(1, len(per_cand))
     print("\n== per-candidate cost and candidates in an 8-hour budget (85% of it searching, 1 worker)")
     print(f"{'setting':<58}{'s/candidate':>12}{'candidates':>12}")

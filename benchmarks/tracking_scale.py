@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoprune.jobs.search import strategy_bests, write_candidates  # noqa: E402
+from autoprune.jobs.search_results import strategy_bests, write_candidates  # noqa: E402
 from autoprune.pruning.policy import Policy  # noqa: E402
-from autoprune.search.orchestrator import Outcome  # noqa: E402
+from autoprune.search.validator import Outcome  # noqa: E402
 from autoprune.tracking import Tracker, check_uri, leaderboard  # noqa: E402
 
 METRICS = ["mul(abs(W), X)", "div(sqr(W), sqr(Hi))", "mul(add(abs(W), X), sqrt(G))", "sub(abs(W), mms(G))",

@@ -10,7 +10,8 @@ import torch
 from autoprune.cli import main
 from autoprune.errors import UserError
 from autoprune.export import export_metric, from_tree, load_metric, metric_spec, to_latex, to_python, to_tree
-from autoprune.pruning.expression import NAMED_FORMS, compile_expr, parse
+from autoprune.pruning.expression import NAMED_FORMS, parse
+from autoprune.pruning.scoring import compile_expr
 
 EXPRESSIONS = ["mul(abs(W), X)", NAMED_FORMS["ria"], NAMED_FORMS["pruner-zero"], "div(log(W), sub(2, exp(G)))",
                "zscore(add(sigmoid(W), tanh(mul(0.5, X))))", "X", "0.5"]

@@ -23,8 +23,8 @@ def test_notebook_executes_and_plots(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
 
-    from autoprune.jobs.search import write_candidates
-    from autoprune.search.orchestrator import Outcome
+    from autoprune.jobs.search_results import write_candidates
+    from autoprune.search.validator import Outcome
 
     uri = check_uri(f"sqlite:///{tmp_path}/runs/mlflow.db")
     t = Tracker(uri, "autoprune/nb")

@@ -160,7 +160,7 @@ class SearchView:
         """The workers' start-up step from their progress file, else how long the start has taken."""
         import json
 
-        from autoprune.jobs.search import STARTUP_FILE
+        from autoprune.jobs.run_folder import STARTUP_FILE
 
         try:
             step = json.loads((self.cfg.out / STARTUP_FILE).read_text())

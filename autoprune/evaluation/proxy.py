@@ -25,12 +25,13 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from autoprune.errors import UserError
+from autoprune.messages import ProxyResult
 from autoprune.evaluation.kl import DEFAULT_TOP, DenseReference, kl_to_dense
 from autoprune.evaluation.perplexity import perplexity, window_nll
 from autoprune.evaluation.stacked import stacked_linears
@@ -40,22 +41,6 @@ from autoprune.pruning.metrics import NAMED, SOLVER_METRICS, needs_gradients, ne
 from autoprune.pruning.policy import Policy
 
 OBJECTIVES = ("kl", "ppl")
-
-
-@dataclass(frozen=True)
-class ProxyResult:
-    loss: float  # lower is better; inf when the candidate failed
-    sparsity: float
-    seconds: float
-    tokens: int
-    error: str | None = None
-    cached: bool = False  # the same masks were evaluated before at this fidelity: no forward pass ran
-    masks: str | None = None  # digest of the masks (ProxyEvaluator.mask_hash): equal digests, equal pruned models
-    prepared: float = 0.0  # of ``seconds``, those spent collecting statistics this candidate first needed (once)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and math.isfinite(self.loss)
 
 
 class ProxyEvaluator:

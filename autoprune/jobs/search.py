@@ -6,12 +6,7 @@ states, the best policy, plots and a summary; ``resume`` continues an interrupte
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import math
-import os
-import socket
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -21,20 +16,19 @@ from typing import Callable
 
 from autoprune.config import Config, check_out
 from autoprune.errors import UserError
+from autoprune.jobs.cluster import connect_ray, probe_ray
+from autoprune.jobs.run_folder import (BEST_FILE, CONFIG_FILE, JOURNAL_FILE, LOG_FILE, PROGRESS_FILE, STARTUP_FILE, SUMMARY_FILE,
+                                       TRACKING_FILE, lock, log_to_file, prepare_out)
+from autoprune.jobs.search_results import phase_seconds, strategy_bests, winner_row, write_results
 from autoprune.pruning.policy import Policy, parse_pattern
 from autoprune.search.budget import Budget, parse_budget
 from autoprune.search.workers import WorkerSpec
 
-CONFIG_FILE = "search_config.json"
-JOURNAL_FILE = "journal.jsonl"
-PROGRESS_FILE = "progress.json"
-TRACKING_FILE = "tracking.json"
-BEST_FILE = "best_policy.json"
-CANDIDATES_FILE = "candidates.csv"
-STARTUP_FILE = "startup.json"  # the workers' start-up steps, for the live view
-LOG_FILE = "search.log"  # library log lines and warnings, kept out of the terminal
-SUMMARY_FILE = "summary.json"
-RESUMABLE = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "select", "updates", "seed", "spaces")
+# on resume, these options must be as the search started (they define what it searches)...
+FIXED = ("model", "sparsity", "pattern", "strategies", "calib", "eval", "select", "updates", "seed", "spaces")
+# ...and these may change how it goes on; any other option is the stored one
+CHANGEABLE = ("budget", "workers", "ray_address", "tracking_uri", "save_model", "baselines", "per_forward", "owl_lambdas",
+              "log_candidates")
 
 
 @dataclass
@@ -95,7 +89,7 @@ class SearchConfig(Config):
                             "contradicts it")
         self.sparsity = implied if implied is not None else 0.5 if self.sparsity is None else self.sparsity
         Policy(sparsity=self.sparsity, pattern=self.pattern)  # validates both
-        from autoprune.search.orchestrator import REGISTRY
+        from autoprune.search.registry import REGISTRY
 
         names = self.strategy_names
         if not names or any(n not in REGISTRY for n in names):
@@ -166,6 +160,22 @@ def worker_spec(cfg: SearchConfig) -> WorkerSpec:
                       gpus=cfg.gpus_per_worker, progress=str(Path(cfg.out).resolve() / STARTUP_FILE))
 
 
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
 def resume_config(out: Path, given: dict) -> SearchConfig:
     """The stored config of the search in ``out``; ``given`` options may change how it runs
     (budget: the new total, workers, Ray address, tracking URI, saving the model, baselines,
@@ -175,88 +185,9 @@ def resume_config(out: Path, given: dict) -> SearchConfig:
         raise UserError(f"{out}: no search to resume (no {CONFIG_FILE})")
     old = SearchConfig.from_dict(json.loads(stored.read_text()))
     for k, v in given.items():
-        if k in RESUMABLE and v != getattr(old, k):
+        if k in FIXED and v != getattr(old, k):
             raise UserError(f"{out} was started with {k.replace('_', '-')}={getattr(old, k)!r}, not {v!r}")
-    keep = {k: v for k, v in given.items()
-            if k in ("budget", "workers", "ray_address", "tracking_uri", "save_model", "baselines", "per_forward",
-                     "owl_lambdas", "log_candidates")}
-    return replace(old, **keep)
-
-
-def prepare_out(cfg: SearchConfig, resume: bool) -> SearchConfig:
-    """A new search gets an empty out folder and its config saved there."""
-    out, stored = cfg.out, cfg.out / CONFIG_FILE
-    if resume:
-        return cfg
-    if stored.is_file():
-        raise UserError(f"{out} holds a search already: pass --resume to continue it, or choose another --out")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not an autoprune search folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(stored)
-    return cfg
-
-
-LIBRARY_LOGGERS = ("mlflow", "alembic", "ray", "urllib3", "filelock", "py.warnings", "autoprune")
-
-
-def log_to_file(path: Path) -> None:
-    """Library log lines (MLflow's INFO lines among them), Python warnings and autoprune's own
-    warnings go to ``path`` in the run folder, not into the live view."""
-    import logging
-
-    import mlflow  # noqa: F401 - configures its logger when imported: replaced here
-
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.captureWarnings(True)
-    for name in LIBRARY_LOGGERS:
-        log = logging.getLogger(name)
-        log.handlers[:] = [handler]
-        log.propagate = False
-        log.setLevel(logging.INFO)
-
-
-def lock(out: Path):
-    f = open(out / ".lock", "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise UserError(f"{out} is in use by another running search") from None
-    return f
-
-
-def ray_temp_dir(out: Path) -> str:
-    """Ray's sockets live under its temp dir, and Unix socket paths are limited to ~107 bytes:
-    under the run folder when its path is short, else a short per-folder dir under /tmp."""
-    d = out.resolve() / "ray"
-    if len(str(d)) <= 40:
-        return str(d)
-    return f"/tmp/autoprune-ray-{hashlib.sha1(str(d).encode()).hexdigest()[:8]}"
-
-
-def probe_ray(address: str | None) -> None:
-    """A one-line error for a Ray address nothing answers at (``ray.init`` would wait minutes)."""
-    if not address or address == "auto":
-        return
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
-    except (OSError, ValueError) as e:
-        raise UserError(f"Ray address {address} is unreachable ({getattr(e, 'strerror', None) or e})") from None
-
-
-def connect_ray(cfg: SearchConfig) -> None:
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, **kwargs)
-    else:
-        ray.init(num_cpus=max(1, int(cfg.workers * cfg.cpus_per_worker)), num_gpus=int(cfg.workers * cfg.gpus_per_worker),
-                 _temp_dir=ray_temp_dir(cfg.out), **kwargs)
+    return replace(old, **{k: v for k, v in given.items() if k in CHANGEABLE})
 
 
 def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], None] | None = None,
@@ -265,6 +196,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     budget counts from (default: now), so a command can count its own start-up too."""
     started = time.monotonic() if started is None else started
     from autoprune.search import spec as search_spec
+    from autoprune.search.events import Done
     from autoprune.search.journal import Journal, read_json, write_json_atomic
     from autoprune.tracking import check_uri
 
@@ -281,7 +213,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     log_to_file(out / LOG_FILE)
     (out / STARTUP_FILE).unlink(missing_ok=True)  # a resumed search's workers start again
     journal = Journal(out / JOURNAL_FILE)
-    if journal.of("done"):
+    if any(isinstance(e, Done) for e in journal.events):
         raise UserError(f"the search in {out} has finished; its policy is {out / BEST_FILE}")
     spent = (read_json(out / PROGRESS_FILE) or {}).get("spent", 0.0)
     budget = Budget(cfg.seconds, spent + time.monotonic() - started)
@@ -289,7 +221,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     import ray
 
     from autoprune.search.baselines import parse_baselines, parse_lambdas, tracking_metrics
-    from autoprune.search.orchestrator import Orchestrator
+    from autoprune.search.runner import SearchRunner, SearchSettings
     from autoprune.search.workers import WorkerPool
     from autoprune.tracking import Tracker
 
@@ -313,34 +245,31 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
             if on_update is not None:
                 on_update(status)
 
-        orch = Orchestrator(pool, journal, budget, base, cfg.strategy_names, out, cfg.seed, tracker, spec=spec,
-                            top_k=cfg.top_k, on_update=update, baselines=parse_baselines(cfg.baselines),
-                            per_forward=cfg.per_forward, owl_lambdas=parse_lambdas(cfg.owl_lambdas),
-                            updates=cfg.update_names, validation_seconds=validation_seconds(cfg, pool.info))
-        for e in orch.entries():  # an interrupted session's candidates: what the store misses is logged
-            tracker.log_candidate(e)
-        outcome = orch.run()
-        entries = orch.entries()
+        settings = SearchSettings(tuple(cfg.strategy_names), spec, cfg.seed, top_k=cfg.top_k,
+                                  recipes=tuple(parse_baselines(cfg.baselines)),
+                                  owl_lambdas=parse_lambdas(cfg.owl_lambdas), updates=tuple(cfg.update_names),
+                                  per_forward=cfg.per_forward, validation_seconds=validation_seconds(cfg, pool.info))
+        runner = SearchRunner(pool, journal, budget, base, settings, out, tracker, on_update=update)
+        for e in runner.entries():  # an interrupted session's candidates: what the store misses is logged
+            tracker.log_candidate(e.row())
+        outcome = runner.run()
+        entries = [e.row() for e in runner.entries()]
         counts = dict(Counter(e["strategy"] for e in entries))
-        artifacts = write_results(cfg, orch, outcome, entries, counts)
+        artifacts = write_results(cfg, pool, outcome, entries, counts)
         if cfg.save_model:  # after the budget: one more sequential pruning, then save_pretrained
-            pool.refill()
-            pool.submit("save", "validate", outcome.best.to_dict(), str(out / "model"))
-            saved = []
-            while not saved:
-                saved = pool.wait(1.0)
-            if "error" in saved[0][1]:
-                raise UserError(f"saving the pruned model failed: {saved[0][1]['error']}")
+            saved = pool.save(outcome.best, out / "model")
+            if saved.error is not None:
+                raise UserError(f"saving the pruned model failed: {saved.error}")
         write_json_atomic(out / PROGRESS_FILE, {"spent": budget.elapsed, "phase": "done"})
-        journal.append({"event": "done", "t": round(budget.elapsed, 3)})
+        journal.append(Done(budget.elapsed))
         phases = phase_seconds(journal.events)
         write_json_atomic(out / SUMMARY_FILE, {**read_json(out / SUMMARY_FILE), "phase_seconds": phases})
         tracker.finish({"best_proxy_loss": outcome.proxy_loss, "best_eval_perplexity": outcome.perplexity,
                         "best_select_perplexity": outcome.select_perplexity,
                         "candidates": sum(counts.values()), **tracking_metrics(outcome.baselines)}, artifacts,
                        runs=strategy_bests(entries), recipes=outcome.baselines, winner=winner_row(outcome),
-                       validated=[(orch.entry(v["id"]), {"select_perplexity": v["select_perplexity"],
-                                                          "eval_perplexity": v["eval_perplexity"]})
+                       validated=[(runner.state.scored[v["id"]].row(), {"select_perplexity": v["select_perplexity"],
+                                                                        "eval_perplexity": v["eval_perplexity"]})
                                   for v in outcome.validated])
         return SearchResult(out, outcome.best, outcome.proxy_loss, outcome.perplexity, counts, outcome.validated,
                             outcome.baselines, outcome.select_perplexity, outcome.recipe, phases,
@@ -355,25 +284,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
         held.close()
 
 
-def strategy_bests(entries: list[dict], k: int | None = None) -> list[dict]:
-    """Each strategy's ``k`` best full-fidelity one-shot candidates (default ``tracking.STRATEGY_BEST``)."""
-    from autoprune.tracking import STRATEGY_BEST
-
-    by: dict[str, list[dict]] = {}
-    for e in entries:
-        if e.get("fidelity", 1.0) >= 1 and not e.get("sequential") and math.isfinite(e["result"]["loss"]):
-            by.setdefault(e["strategy"], []).append(e)
-    return [e for es in by.values() for e in sorted(es, key=lambda e: e["result"]["loss"])[:k or STRATEGY_BEST]]
 
 
-def winner_row(outcome) -> dict | None:
-    """The winner as tracking names it: a validated candidate's id and perplexities, or a recipe's row."""
-    if outcome.recipe is not None:
-        return next((r for r in outcome.baselines if r["name"] == outcome.recipe), None)
-    if outcome.best_id is None or outcome.select_perplexity is None:
-        return None
-    return {"id": outcome.best_id, "select_perplexity": outcome.select_perplexity,
-            "eval_perplexity": outcome.perplexity}
 
 
 def validation_seconds(cfg: SearchConfig, info: dict) -> tuple[float, float, float]:
@@ -387,110 +299,11 @@ def validation_seconds(cfg: SearchConfig, info: dict) -> tuple[float, float, flo
     return plain, update, per_window * (cfg.eval_windows or 128)
 
 
-def phase_seconds(events: list[dict]) -> dict[str, float]:
-    """Seconds per phase from the journal (all sessions): start-up, the search phases, validation,
-    and finishing (results, the saved model)."""
-    out: dict[str, float] = {}
-    last_t, last = 0.0, "start-up"
-    for e in events:
-        if e["event"] in ("phase_start", "done"):
-            out[last] = out.get(last, 0.0) + e["t"] - last_t
-            last_t, last = e["t"], e.get("phase", "finishing")
-        elif e["event"] == "phase_end":
-            out[last] = out.get(last, 0.0) + e["t"] - last_t
-            last_t, last = e["t"], "between phases"
-    return {k: round(v, 1) for k, v in out.items()}
 
 
-def write_results(cfg: SearchConfig, orch, outcome, entries: list[dict], counts: dict[str, int]) -> list[Path]:
-    """best_policy.json, the winner's exports, plots, candidates.csv and summary.json in the run
-    folder (``entries``: every candidate; ``counts``: candidates per strategy); their paths."""
-    from autoprune.search.journal import write_json_atomic
-    from autoprune.search.plots import plot_layer_ratios, plot_progress
-    from autoprune.search.spec import SPEC_FILE
-
-    out = cfg.out
-    files: list[Path] = []
-    meta = {"search": str(out), "candidate": outcome.best_id, "proxy_loss": outcome.proxy_loss,
-            "select_perplexity": outcome.select_perplexity, "select": cfg.select,
-            "eval_perplexity": outcome.perplexity, "eval": cfg.eval}
-    if outcome.recipe is not None:
-        meta["note"] = f"the recipe {outcome.recipe} beat every candidate on the selection split: it is returned"
-    elif outcome.best_id is None:
-        meta["note"] = "no candidate finished within the budget: the target with the default metric"
-    best = replace(outcome.best, meta=meta)
-    best.save(out / BEST_FILE)
-    files.append(out / BEST_FILE)
-    files += export_metric(best, out / "winner")
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
-    if entries:
-        files.append(plot_progress(entries, plots / "search_progress.png", outcome.best_id))
-    ratios = [(f"#{v['id']} select ppl {v['select_perplexity']:.2f}", v["block_ratios"]) for v in outcome.validated]
-    recipes = [(r["name"], r["block_ratios"]) for r in outcome.baselines if r.get("block_ratios")]
-    if ratios or recipes:
-        winner = next((label for (label, _), v in zip(ratios, outcome.validated) if v["id"] == outcome.best_id),
-                      outcome.recipe)
-        files.append(plot_layer_ratios(ratios, plots / "layer_ratios.png", winner, recipes))
-    files.append(write_candidates(entries, outcome, out / CANDIDATES_FILE))
-    write_json_atomic(out / SUMMARY_FILE, {
-        "config": cfg.to_dict(), "winner": winner_row(outcome), "ranking": ranking(outcome),
-        "best_policy": outcome.best.to_dict(),
-        "best_candidate": outcome.best_id, "best_proxy_loss": outcome.proxy_loss,
-        "best_select_perplexity": outcome.select_perplexity, "best_eval_perplexity": outcome.perplexity,
-        "recipe_returned": outcome.recipe, "validated": outcome.validated,
-        "baselines": outcome.baselines, "candidates": counts,
-        "pool": {"retried": orch.pool.retried, "replaced": orch.pool.replaced}})
-    files.append(out / SUMMARY_FILE)
-    files.append(out / SPEC_FILE)  # the spaces this search ran with
-    return files
 
 
-def ranking(outcome) -> list[dict]:
-    """Validated candidates and recipes by selection perplexity (how the winner was chosen), the
-    winner first."""
-    rows = [{"candidate": v["id"], "select_perplexity": v["select_perplexity"],
-             "eval_perplexity": v["eval_perplexity"], "proxy_loss": v["proxy_loss"]} for v in outcome.validated]
-    rows += [{"recipe": r["name"], "select_perplexity": r.get("select_perplexity"),
-              "eval_perplexity": r["perplexity"]} for r in outcome.baselines
-             if "skipped" not in r and r["name"] != "dense"]
-    return sorted(rows, key=lambda r: (r["select_perplexity"] is None, r["select_perplexity"] or 0.0))
 
 
-def write_candidates(entries: list[dict], outcome, path: Path) -> Path:
-    """Every candidate as one CSV row (the journal's content, flat): what it was, what it scored."""
-    import csv
-
-    from autoprune.tracking import short_allocation
-
-    validated = {v["id"]: v for v in outcome.validated}
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "strategy", "phase", "protocol", "fidelity", "metric", "allocation", "update", "pattern",
-                    "sparsity", "proxy_loss", "seconds", "select_perplexity", "eval_perplexity", "winner", "error"])
-        for e in entries:
-            p, r, v = e["policy"], e["result"], validated.get(e["id"], {})
-            w.writerow([e["id"], e["strategy"], e["phase"], "sequential" if e.get("sequential") else "one-shot",
-                        f"{e.get('fidelity', 1.0):.3g}", p["metric"], short_allocation(p), p["update"], p["pattern"],
-                        f"{r['sparsity']:.5f}", f"{r['loss']:.6g}", f"{r['seconds']:.3f}",
-                        v.get("select_perplexity", ""), v.get("eval_perplexity") or "",
-                        "yes" if e["id"] == outcome.best_id and outcome.recipe is None else "", r.get("error") or ""])
-    return path
 
 
-def export_metric(policy: Policy, stem: Path) -> list[Path]:
-    """The best policy in every format of ``autoprune.export`` (json, python, latex), each with the
-    whole policy; none for the OBS solver's ``sparsegpt``, which is not a score (best_policy.json
-    holds it)."""
-    from autoprune.export import FORMATS, export_metric as render, load_metric
-
-    if policy.metric == "sparsegpt":
-        return []
-    expr = load_metric(policy.metric)
-    suffix = {"json": ".json", "python": ".py", "latex": ".tex"}
-    paths = []
-    for fmt in FORMATS:
-        path = stem.with_suffix(suffix.get(fmt, "." + fmt))
-        path.write_text(render(expr, fmt, {"metric": policy.metric}, policy))
-        paths.append(path)
-    return paths

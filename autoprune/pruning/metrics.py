@@ -15,7 +15,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from autoprune.errors import UserError
@@ -63,7 +62,7 @@ def resolve_metric(spec: str) -> Metric:
     """The scoring function for a metric name or a metric expression (parsed against a whitelist)."""
     if spec in NAMED:
         return NAMED[spec]
-    from autoprune.pruning.expression import compile_expr
+    from autoprune.pruning.scoring import compile_expr
 
     return compile_expr(_expression(spec))
 

@@ -20,7 +20,7 @@ h_row strictly increasing. At the top of the tree this holds for
 
 from __future__ import annotations
 
-from autoprune.pruning.expression import EPS, TERMINALS, Expr, call, const, evaluate_constant
+from autoprune.pruning.expression import EPS, TERMINALS, Expr, call, const
 
 _POSITIVE_OPS = ("exp", "sigmoid")
 _NONNEG_OPS = ("abs", "sqr", "sqrt", "exp", "sigmoid", "mms")
@@ -66,6 +66,8 @@ def row_constant(e: Expr) -> bool:
 
 def _fold(e: Expr) -> Expr:
     if e.args and e.op not in _SHAPE_DEPENDENT and all(a.op == "const" for a in e.args):
+        from autoprune.pruning.scoring import evaluate_constant  # torch, only once a constant is folded
+
         return const(evaluate_constant(e))
     return e
 

@@ -2,7 +2,7 @@
 
 A strategy never touches the model: it proposes ``Candidate``s (a policy and the proxy fidelity
 to score it at) and is told each one's ``ProxyResult``. Whoever drives it (a test, a benchmark,
-the orchestrator with its Ray workers) decides where and when candidates are evaluated.
+the search runner with its executor) decides where and when candidates are evaluated.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from autoprune.evaluation.proxy import ProxyResult
+from autoprune.messages import ProxyResult
 from autoprune.pruning.policy import Policy
 
 
@@ -37,6 +37,9 @@ class SearchContext:
     # a strategy may start from them
     warm_starts: tuple[tuple[float, ...], ...] = ()
     updates: tuple[str, ...] = ("none",)  # weight updates a strategy may choose among
+    # per-step rewards where the model is (rl_env.Damage: a BlockDamage beside the model, or a
+    # RemoteDamage on a worker); None: a strategy that wants them gets final rewards only
+    damage: object | None = field(default=None, compare=False)
 
 
 Evaluate = Callable[[list[Candidate]], list[ProxyResult]]
@@ -47,7 +50,7 @@ class Strategy(ABC):
 
     name: str
     # True when asking for several candidates at once costs the search nothing (a GP generation,
-    # random draws), so the orchestrator may stack them into one forward pass; a sequential
+    # random draws), so the scheduler may stack them into one forward pass; a sequential
     # optimiser (BO, RL) should see each result before it proposes again
     stackable: bool = False
 

@@ -15,8 +15,10 @@ recipe's best variant measured on the evaluation data, which reports and decides
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 from autoprune.errors import UserError
+from autoprune.messages import ValidationResult
 from autoprune.pruning.policy import METHODS, Policy
 
 DEFAULT = "sparsegpt+owl,sparsegpt,wanda+owl,wanda"  # validated in this order: the strongest first
@@ -79,14 +81,14 @@ def baseline_policies(base: Policy, names: list[str], lambdas: tuple[float, ...]
     return todo, skipped
 
 
-def best_variants(selected: dict[str, dict]) -> dict[str, str]:
+def best_variants(selected: dict[str, ValidationResult]) -> dict[str, str]:
     """Recipe -> its validation key with the lowest selection perplexity (OWL's tuned lambda)."""
     best: dict[str, str] = {}
     for key, res in selected.items():
-        if key == DENSE or "error" in res:
+        if key == DENSE or res.error is not None:
             continue
         name = recipe(key)
-        if name not in best or res["perplexity"] < selected[best[name]]["perplexity"]:
+        if name not in best or res.perplexity < selected[best[name]].perplexity:
             best[name] = key
     return best
 
@@ -99,7 +101,8 @@ def improvement(baseline_ppl: float | None, winner_ppl: float | None) -> float |
 
 
 def report(names: list[str], policies: dict[str, Policy | None], skipped: dict[str, str],
-           selected: dict[str, dict], reported: dict[str, dict], winner_ppl: float | None) -> list[dict]:
+           selected: dict[str, ValidationResult], reported: dict[str, ValidationResult],
+           winner_ppl: float | None) -> list[dict]:
     """One row per recipe (and the dense model): its best variant's policy, selection and
     evaluation perplexity, and the winner's improvement over it on the evaluation data; or why
     it was not validated."""
@@ -112,13 +115,16 @@ def report(names: list[str], policies: dict[str, Policy | None], skipped: dict[s
         key = DENSE if name == DENSE else variants.get(name)
         policy = policies.get(key) if key is not None else None
         row = {"name": name, "key": key, "policy": policy.to_dict() if policy is not None else None}
-        if key is not None and key in reported and "error" not in reported[key]:
+        if key is not None and key in reported and reported[key].error is None:
             res = reported[key]
-            gain = None if name == DENSE else improvement(res["perplexity"], winner_ppl)
-            sel = selected.get(key, {}).get("perplexity")
-            rows.append({**row, **res, "select_perplexity": sel, "improvement": gain})
+            gain = None if name == DENSE else improvement(res.perplexity, winner_ppl)
+            sel = selected[key].perplexity if key in selected else None
+            measured = {k: v for k, v in asdict(res).items() if k != "error"}
+            rows.append({**row, **measured, "block_ratios": list(res.block_ratios), "select_perplexity": sel,
+                         "improvement": gain})
         else:
-            err = (reported.get(key) or selected.get(key) or {}).get("error") if key else None
+            failed = (reported.get(key) or selected.get(key)) if key else None
+            err = failed.error if failed is not None else None
             rows.append({**row, "skipped": err or "did not fit in the validation time left"})
     return rows
 

@@ -1,6 +1,6 @@
 """Time budgets: parse ``30s``, ``20m``, ``8h`` (or ``1h30m``) and split one over the search phases.
 
-The orchestrator spends a budget in three phases: metric search, allocation search with the
+A search spends its budget in three phases: metric search, allocation search with the
 best metric, and final validation of the top candidates. ``Budget`` keeps the wall-clock
 deadline; the seconds spent by an interrupted run are carried over on resume.
 """

@@ -1,5 +1,6 @@
-"""Ray workers: each actor loads the model and its calibration statistics once, then evaluates
-many candidates; a ``WorkerPool`` spreads jobs over them, retries the job of a worker that dies
+"""Ray workers: each actor loads the model and its calibration statistics once, then runs many
+jobs (``autoprune.messages``: typed jobs in, typed results out, as they are); a ``WorkerPool``, the
+search's ``Executor`` on Ray, spreads jobs over them, retries the job of a worker that dies
 elsewhere and replaces the worker. A ``RemoteDamage`` gives the RL strategy per-step rewards
 from a ``BlockDamage`` on one of the pool's workers.
 """
@@ -11,18 +12,20 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoprune.errors import UserError
+from autoprune.messages import Job, ProxyResult, ValidationJob, ValidationResult, policy_key
+from autoprune.pruning.policy import Policy
+from autoprune.search.executor import Executor, Result
 from autoprune.search.journal import write_json_atomic
 
 if TYPE_CHECKING:
     import numpy as np
 
     from autoprune.evaluation.ratio_proxy import RatioProxy
-    from autoprune.pruning.policy import Policy
 
 # environment a worker needs to find models and data, also on a cluster it joins
 _FORWARDED_ENV = ("AUTOPRUNE_DATA_DIR", "AUTOPRUNE_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_DISABLE_PROGRESS_BARS")
@@ -66,10 +69,10 @@ def _by_ratio(policy: Policy) -> bool:
 class ProxyWorker:
     """The actor body (wrapped by ``ray.remote`` in ``WorkerPool``)."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: WorkerSpec):
         self.error: str | None = None
         try:
-            self._setup(WorkerSpec(**spec))
+            self._setup(spec)
         except UserError as e:  # reported by ready(); a traceback would hide the one-line cause
             self.error = str(e)
 
@@ -130,28 +133,31 @@ class ProxyWorker:
                 "host": socket.gethostname(), "device": ",".join(devices),
                 "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None}  # None: in-process
 
-    def evaluate(self, policy: dict, batches: int | None = None, sequential: bool = False) -> dict:
+    def run(self, job: Job) -> Result:
+        """A job's result: one ``ProxyResult`` per candidate of a ``ProxyJob`` (several one-shot
+        candidates share their forward passes), a ``ValidationResult`` for a ``ValidationJob``."""
+        if isinstance(job, ValidationJob):
+            return self.validate(job.policy, None, job.split)
+        if len(job.policies) == 1:
+            return (self.evaluate(job.policies[0], job.batches, job.sequential),)
+        return tuple(self.evaluate_many(list(job.policies), job.batches))
+
+    def evaluate(self, policy: Policy, batches: int | None = None, sequential: bool = False) -> ProxyResult:
         """Proxy-evaluate one policy. Explicit allocations of one metric go through a
         ``RatioProxy`` (rows ranked once, each candidate a threshold lookup and one forward)."""
-        from autoprune.pruning.policy import Policy
-
-        p = Policy.from_dict(policy)
-        if not sequential and _by_ratio(p) and self.evaluator.check_scores(p.metric) is None:
+        if not sequential and _by_ratio(policy) and self.evaluator.check_scores(policy.metric) is None:
             try:
-                return asdict(self.evaluator.take_prepared(self._ratio_proxy(p).evaluate(p, batches)))
+                return self.evaluator.take_prepared(self._ratio_proxy(policy).evaluate(policy, batches))
             except (RuntimeError, ValueError, UserError):
                 pass  # evaluating from scratch reports the error itself
-        return asdict(self.evaluator.evaluate(p, batches, sequential))
+        return self.evaluator.evaluate(policy, batches, sequential)
 
-    def evaluate_many(self, policies: list[dict], batches: int | None = None) -> list[dict]:
+    def evaluate_many(self, policies: list[Policy], batches: int | None = None) -> list[ProxyResult]:
         """One-shot ``evaluate`` of several policies, their forward passes stacked into one
         (explicit allocations still go one by one through their ``RatioProxy``)."""
-        from autoprune.pruning.policy import Policy
-
-        ps = [Policy.from_dict(p) for p in policies]
-        stack = [i for i, p in enumerate(ps) if not _by_ratio(p)]
-        out = {i: asdict(r) for i, r in zip(stack, self.evaluator.evaluate_many([ps[i] for i in stack], batches))}
-        return [out[i] if i in out else self.evaluate(policies[i], batches) for i in range(len(ps))]
+        stack = [i for i, p in enumerate(policies) if not _by_ratio(p)]
+        out = dict(zip(stack, self.evaluator.evaluate_many([policies[i] for i in stack], batches)))
+        return [out[i] if i in out else self.evaluate(policies[i], batches) for i in range(len(policies))]
 
     def _ratio_proxy(self, policy: Policy) -> RatioProxy:
         """A ``RatioProxy`` for ``policy``'s metric: the current one, the block damage's, or a new one."""
@@ -165,16 +171,15 @@ class ProxyWorker:
                 self._ratio = RatioProxy(self.evaluator, policy, progress=False)
         return self._ratio
 
-    def block_ratios(self, policy: dict, allocations: list[str]) -> dict[str, list[float]]:
+    def block_ratios(self, policy: Policy, allocations: list[str]) -> dict[str, list[float]]:
         """Per-block ratios of ``policy``'s target under each named allocation (OWL reads this
         worker's statistics); allocations the policy cannot take are left out."""
         from dataclasses import replace
 
         from autoprune.pruning.allocation import block_ratios
         from autoprune.pruning.engine import blocks_linears
-        from autoprune.pruning.policy import Policy
 
-        base, bls, out = Policy.from_dict(policy), blocks_linears(self.lm.model), {}
+        base, bls, out = policy, blocks_linears(self.lm.model), {}
         for name in allocations:
             try:
                 p = replace(base, allocation=name, block_ratios=None, layer_ratios=None)
@@ -183,14 +188,13 @@ class ProxyWorker:
                 continue
         return out
 
-    def damage_start(self, policy: dict, windows: int = DAMAGE_WINDOWS) -> str | None:
+    def damage_start(self, policy: Policy, windows: int = DAMAGE_WINDOWS) -> str | None:
         """Build the ``BlockDamage`` for allocations of ``policy``'s metric on the first ``windows``
         proxy windows; why it cannot be built (None when it is)."""
         from autoprune.evaluation.block_damage import BlockDamage
-        from autoprune.pruning.policy import Policy
 
         self._damage = None
-        p = Policy.from_dict(policy)
+        p = policy
         if p.nm is not None or p.update != "none":
             return f"block damage needs an unstructured pattern and no weight update ({p.pattern}, {p.update})"
         try:
@@ -222,7 +226,7 @@ class ProxyWorker:
                                                          s.seed + 2, s.calib, drawn)
         return self._windows[split]
 
-    def validate(self, policy: dict | None, save_to: str | None = None, split: str = "select") -> dict:
+    def validate(self, policy: Policy | None, save_to: str | None = None, split: str = "select") -> ValidationResult:
         """Full protocol on a copy of the dense model: sequential pruning with the calibration
         windows, then perplexity on the ``select`` windows (where the winner is chosen) or the
         ``eval`` windows (where it is reported). ``policy`` None measures the dense model. The
@@ -230,8 +234,6 @@ class ProxyWorker:
         from autoprune.evaluation import perplexity
         from autoprune.pruning.engine import blocks_linears, model_sparsity, prune_sequential
         from autoprune.pruning.metrics import needs_gradients
-        from autoprune.pruning.policy import Policy
-        from autoprune.search.orchestrator import policy_key
 
         t0 = time.perf_counter()
         windows = self._split(split)
@@ -245,7 +247,7 @@ class ProxyWorker:
             for n, lin in linears.items():
                 lin.weight.data.copy_(held["weights"][n])
         elif policy is not None:
-            p, grads = Policy.from_dict(policy), None
+            p, grads = policy, None
             if needs_gradients(p.metric):  # the dense G this worker holds (or collects once), not a new one
                 self.evaluator.require(Policy(metric=p.metric))
                 grads = self.evaluator.stats.grads
@@ -259,8 +261,8 @@ class ProxyWorker:
             Path(save_to).mkdir(parents=True, exist_ok=True)
             model.save_pretrained(save_to)
             self.lm.tokenizer.save_pretrained(save_to)
-        return {"perplexity": res.perplexity, "tokens": res.tokens, "sparsity": model_sparsity(model)[0],
-                "block_ratios": [float(r) for r in ratios], "seconds": time.perf_counter() - t0}
+        return ValidationResult(res.perplexity, time.perf_counter() - t0, res.tokens, model_sparsity(model)[0],
+                                tuple(float(r) for r in ratios))
 
 
 class RemoteDamage:
@@ -275,7 +277,7 @@ class RemoteDamage:
     worker, by then the pool's replacement. ``close`` (the phase is over) stops every later call.
     """
 
-    def __init__(self, pool: WorkerPool, policy: dict, windows: int = DAMAGE_WINDOWS):
+    def __init__(self, pool: WorkerPool, policy: Policy, windows: int = DAMAGE_WINDOWS):
         self.pool, self.policy, self.windows = pool, policy, windows
         self.actor = None  # the worker holding the block damage; None while it has none
         self.closed = False
@@ -337,14 +339,12 @@ class RemoteDamage:
 
 
 @dataclass
-class Job:
-    key: object  # the caller's handle for this job
-    method: str  # "evaluate" or "validate"
-    args: tuple
+class _Task:
+    job: Job
     attempts: int = 0
 
 
-class WorkerPool:
+class WorkerPool(Executor):
     """``n`` ``ProxyWorker`` actors; ``submit`` jobs, ``wait`` for finished ones.
 
     A worker that dies (killed, out of memory, node lost) is replaced by a new actor and its
@@ -361,13 +361,13 @@ class WorkerPool:
                                                      runtime_env={"env_vars": env} if env else None)
         self.spec = spec
         self.max_attempts = max_attempts
-        self.queue: deque[Job] = deque()
-        self.running: dict = {}  # object ref -> (actor, job)
+        self.queue: deque[_Task] = deque()
+        self.running: dict = {}  # object ref -> (actor, task)
         self.replaced = 0
         self.retried = 0
         self.size = n
         t0 = time.monotonic()
-        self.actors = [self._cls.remote(asdict(spec)) for _ in range(n)]
+        self.actors = [self._cls.remote(spec) for _ in range(n)]
         self.idle = list(self.actors)
         infos = ray.get([a.ready.remote() for a in self.actors])
         self.start_seconds = time.monotonic() - t0  # what replacing a worker costs
@@ -378,11 +378,11 @@ class WorkerPool:
         self.pids = [i["pid"] for i in infos]
         self.placement = [{k: i[k] for k in ("pid", "host", "node", "device")} for i in infos]
 
-    def damage(self, policy: dict) -> RemoteDamage:
+    def damage(self, policy: Policy) -> RemoteDamage:
         """A block-damage oracle for allocations of ``policy``'s metric on one of these workers."""
         return RemoteDamage(self, policy)
 
-    def block_ratios(self, policy: dict, allocations: list[str]) -> dict[str, list[float]]:
+    def block_ratios(self, policy: Policy, allocations: list[str]) -> dict[str, list[float]]:
         """``ProxyWorker.block_ratios`` on the first worker (a direct call: jobs are not involved);
         none when that worker has died (its next job finds it dead and the pool replaces it)."""
         import ray
@@ -393,23 +393,35 @@ class WorkerPool:
         except RayActorError:
             return {}
 
+    def save(self, policy: Policy, path: Path) -> ValidationResult:
+        """Prune ``policy`` by the full protocol on a worker and save the model to ``path``."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self.refill()
+        try:
+            return ray.get(self.actors[0].validate.remote(policy, str(path)))
+        except RayTaskError as e:
+            return ValidationResult.failed(f"{type(e.cause).__name__}: {e.cause}"[:500])
+        except RayActorError:
+            return ValidationResult.failed("the worker died")
+
     @property
     def free(self) -> int:
         """Workers with nothing running and nothing queued for them."""
         return max(0, len(self.idle) - len(self.queue))
 
-    def submit(self, key, method: str, *args) -> None:
-        self.queue.append(Job(key, method, args))
+    def submit(self, job: Job) -> None:
+        self.queue.append(_Task(job))
         self._dispatch()
 
     def _dispatch(self) -> None:
         while self.queue and self.idle:
-            job, actor = self.queue.popleft(), self.idle.pop(0)
-            job.attempts += 1
-            self.running[getattr(actor, job.method).remote(*job.args)] = (actor, job)
+            task, actor = self.queue.popleft(), self.idle.pop(0)
+            task.attempts += 1
+            self.running[actor.run.remote(task.job)] = (actor, task)
 
-    def wait(self, timeout: float) -> list[tuple[object, dict]]:
-        """(key, result) of the jobs finished within ``timeout`` seconds (maybe none)."""
+    def wait(self, timeout: float) -> list[tuple[Job, Result]]:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -420,50 +432,48 @@ class WorkerPool:
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         done = []
         for ref in ready:
-            actor, job = self.running.pop(ref)
+            actor, task = self.running.pop(ref)
             try:
-                done.append((job.key, ray.get(ref)))
+                done.append((task.job, ray.get(ref)))
                 self.idle.append(actor)
             except RayActorError:
-                self._replace(actor, job)
+                self._replace(actor, task)
             except RayTaskError as e:  # the job raised: its result is the error, the worker lives on
-                done.append((job.key, {"error": f"{type(e.cause).__name__}: {e.cause}"[:500]}))
+                done.append((task.job, task.job.failed(f"{type(e.cause).__name__}: {e.cause}"[:500])))
                 self.idle.append(actor)
         self._dispatch()
         return done
 
-    def _replace(self, dead, job: Job) -> None:
+    def _replace(self, dead, task: _Task) -> None:
         """A new actor for a dead one; its job is retried first (on whichever worker is idle)."""
         self.replaced += 1
-        fresh = self._cls.remote(asdict(self.spec))
+        fresh = self._cls.remote(self.spec)
         self.actors[self.actors.index(dead)] = fresh
         self.idle.append(fresh)
-        if job.attempts >= self.max_attempts:
-            raise RuntimeError(f"a job failed on {job.attempts} workers in a row; giving up")
+        if task.attempts >= self.max_attempts:
+            raise RuntimeError(f"a job failed on {task.attempts} workers in a row; giving up")
         self.retried += 1
-        self.queue.appendleft(job)
+        self.queue.appendleft(task)
 
-    def abandon(self, replace: bool = True) -> list[object]:
-        """Forget queued and running jobs; their workers are killed and, with ``replace``,
-        replaced by fresh ones. Returns the jobs' keys."""
+    def abandon(self, replace: bool = True) -> list[Job]:
         import ray
 
-        keys = [j.key for j in self.queue] + [job.key for _, job in self.running.values()]
+        jobs = [t.job for t in self.queue] + [task.job for _, task in self.running.values()]
         self.queue.clear()
         for ref, (actor, _) in list(self.running.items()):
             ray.kill(actor)
             if replace:
-                fresh = self._cls.remote(asdict(self.spec))
+                fresh = self._cls.remote(self.spec)
                 self.actors[self.actors.index(actor)] = fresh
                 self.idle.append(fresh)
             else:
                 self.actors.remove(actor)
         self.running.clear()
-        return keys
+        return jobs
 
     def refill(self) -> None:
         """Start workers again up to the pool's size (after ``abandon(replace=False)``)."""
         while len(self.actors) < self.size:
-            fresh = self._cls.remote(asdict(self.spec))
+            fresh = self._cls.remote(self.spec)
             self.actors.append(fresh)
             self.idle.append(fresh)

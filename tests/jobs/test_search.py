@@ -244,7 +244,9 @@ def test_mlflow_holds_the_runs_that_matter_and_names_the_winner(rl_search):
 def test_remote_damage_interleaves_with_pool_jobs_and_survives_its_worker(tmp_path):
     import ray
 
-    from autoprune.jobs.search import ray_temp_dir
+    from autoprune.jobs.cluster import ray_temp_dir
+    from autoprune.messages import ProxyJob, ValidationJob
+    from autoprune.search.executor import InProcessExecutor
     from autoprune.search.rl_env import make_units
     from autoprune.search.workers import WorkerPool, WorkerSpec
 
@@ -252,7 +254,7 @@ def test_remote_damage_interleaves_with_pool_jobs_and_survives_its_worker(tmp_pa
         end = time.monotonic() + 120
         while not (done := pool.wait(1.0)):
             assert time.monotonic() < end
-        return done[0][1]
+        return done[0]
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=ray_temp_dir(tmp_path))
     try:
@@ -261,21 +263,36 @@ def test_remote_damage_interleaves_with_pool_jobs_and_survives_its_worker(tmp_pa
         pool = WorkerPool(spec, 1)
         units = make_units(tuple(pool.info["block_sizes"]), "block")
         base = Policy.from_method("wanda", 0.5)
-        damage = pool.damage(base.to_dict())
+        # typed jobs cross Ray as they are, and come back as the same worker code gives them in process
+        here = InProcessExecutor.from_spec(spec)
+        results = []
+        for job in (ProxyJob((1, 2), (base, Policy.from_method("magnitude", 0.5))),
+                    ValidationJob("wanda", base, "select")):
+            pool.submit(job)
+            here.submit(job)
+            (remote_job, remote), ((local_job, local),) = finish(pool), here.wait(0)
+            assert remote_job == job == local_job
+            results.append((remote, local))
+        (remote, local), (remote_ppl, local_ppl) = results
+        assert [r.masks for r in remote] == [r.masks for r in local] and all(r.ok for r in remote)
+        assert [r.loss for r in remote] == pytest.approx([r.loss for r in local], rel=1e-5)
+        assert remote_ppl.ok and remote_ppl.perplexity == pytest.approx(local_ppl.perplexity, rel=1e-5)
+        assert remote_ppl.block_ratios == local_ppl.block_ratios
+        damage = pool.damage(base)
         assert damage.error is None and damage.features(units).shape == (5, 2)
         damage.reset()
         alone = [damage.step(u, r) for u, r in zip(units, (0.4, 0.6, 0.5))]
         damage.reset()
         interleaved = [damage.step(units[0], 0.4)]
-        pool.submit("job", "evaluate", base.to_dict())  # a pool job between two steps, on the same worker
-        assert finish(pool)["error"] is None and pool.free == 1
+        pool.submit(ProxyJob((3,), (base,)))  # a pool job between two steps, on the same worker
+        assert finish(pool)[1][0].error is None and pool.free == 1
         interleaved += [damage.step(units[1], 0.6), damage.step(units[2], 0.5)]
         assert interleaved == alone and all(d > 0 for d in alone)
 
         ray.kill(pool.actors[0])  # the worker dies mid-episode: the steps left report no damage
         assert damage.step(units[3], 0.5) == 0.0 and damage.lost_steps == 1
-        pool.submit("retried", "evaluate", base.to_dict())  # the pool finds it dead, replaces it, retries
-        assert finish(pool)["error"] is None and pool.replaced == 1
+        pool.submit(ProxyJob((4,), (base,)))  # the pool finds it dead, replaces it, retries
+        assert finish(pool)[1][0].error is None and pool.replaced == 1
         damage.reset()  # the next episode rebuilds the block damage on the replacement
         assert [damage.step(u, r) for u, r in zip(units, (0.4, 0.6, 0.5))] == pytest.approx(alone)
         damage.close()
@@ -355,27 +372,8 @@ def test_bad_input_is_one_line_and_loses_nothing(scenario, capsys, monkeypatch):
     assert not (cwd / "runs" / "t").exists()
 
 
-def test_journal_survives_a_torn_last_line(tmp_path):
-    from autoprune.search.journal import Journal
-
-    path = tmp_path / "journal.jsonl"
-    j = Journal(path)
-    j.append({"event": "submit", "id": j.new_id(), "phase": "metric", "strategy": "random", "policy": {}})
-    j.append({"event": "result", "id": 1, "result": {"loss": 1.0}})
-    j.append({"event": "submit", "id": j.new_id(), "phase": "metric", "strategy": "random", "policy": {}})
-    j.close()
-    with open(path, "a") as f:
-        f.write('{"event": "result", "id": 2, "res')  # killed mid-write
-    again = Journal(path)
-    assert list(again.results()) == [1] and [e["id"] for e in again.pending()] == [2]
-    assert again.new_id() == 3
-    again.append({"event": "result", "id": 2, "result": {"loss": 2.0}})  # the torn line is gone
-    again.close()
-    assert sorted(Journal(path).results()) == [1, 2]
-
-
 def test_ray_temp_dir_is_short_enough_for_unix_sockets(tmp_path):
-    from autoprune.jobs.search import ray_temp_dir
+    from autoprune.jobs.cluster import ray_temp_dir
 
     deep = tmp_path / ("x" * 80) / "run"
     assert ray_temp_dir(deep).startswith("/tmp/autoprune-ray-") and len(ray_temp_dir(deep)) < 40
@@ -390,8 +388,6 @@ def test_gp_search_stacks_candidates_and_scores_finalists_sequentially(tmp_path)
     """A GP search sends one-shot candidates four to a job (one forward pass) and its best
     metrics one by one under the sequential protocol; every result equals the same worker's
     result for that candidate alone."""
-    from dataclasses import asdict
-
     from autoprune.jobs.search import CONFIG_FILE, SearchConfig, worker_spec
     from autoprune.search.workers import ProxyWorker
 
@@ -404,12 +400,12 @@ def test_gp_search_stacks_candidates_and_scores_finalists_sequentially(tmp_path)
     seq = [e for e in submits if e["sequential"]]
     assert seq and all(results[e["id"]]["error"] is None for e in seq)
     cfg = SearchConfig.from_dict(json.loads((tmp_path / "runs" / "gp" / CONFIG_FILE).read_text()))
-    worker = ProxyWorker(asdict(worker_spec(cfg)))
+    worker = ProxyWorker(worker_spec(cfg))
     one_shot = [e for e in submits if not e["sequential"] and results[e["id"]]["error"] is None]
     for e in one_shot[:6] + seq[:1]:
-        alone = worker.evaluate(e["policy"], e["batches"], e["sequential"])
-        assert alone["loss"] == pytest.approx(results[e["id"]]["loss"], rel=1e-4), e["policy"]["metric"]
-        assert alone["masks"] == results[e["id"]]["masks"]
+        alone = worker.evaluate(Policy.from_dict(e["policy"]), e["batches"], e["sequential"])
+        assert alone.loss == pytest.approx(results[e["id"]]["loss"], rel=1e-4), e["policy"]["metric"]
+        assert alone.masks == results[e["id"]]["masks"]
 
 
 def test_a_converged_allocation_phase_gives_its_time_back_to_the_metric_search(tmp_path):

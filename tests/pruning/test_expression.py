@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from autoprune.errors import UserError
-from autoprune.pruning.expression import ARITY, NAMED_FORMS, Expr, apply_op, compile_expr, parse
+from autoprune.pruning.expression import ARITY, NAMED_FORMS, Expr, parse
+from autoprune.pruning.scoring import apply_op, compile_expr
 from autoprune.pruning.masks import make_mask
 from autoprune.pruning.metrics import needs_gradients, resolve_metric, ria, wanda
 from autoprune.pruning.simplify import is_degenerate, rank_form, rank_key, simplify

@@ -157,13 +157,11 @@ def test_block_damage_calls_leave_the_model_dense(proxy, damage):
 
 @pytest.fixture(scope="module")
 def worker():
-    from dataclasses import asdict
-
     from autoprune.search.workers import ProxyWorker, WorkerSpec
 
     spec = WorkerSpec("stories260K", calib_windows=8, proxy_windows=8, eval_windows=8, seqlen=128, gradients=False,
                       device="cpu", dtype="float32")
-    w = ProxyWorker(asdict(spec))
+    w = ProxyWorker(spec)
     assert w.ready()["error"] is None
     return w
 
@@ -172,24 +170,24 @@ def test_evaluate_between_damage_steps_on_a_worker_changes_nothing(worker):
     sizes = tuple(dict(b) for b in worker.ready()["block_sizes"])
     units = make_units(sizes, "linear")
     ratios = np.linspace(0.2, 0.9, len(units))
-    assert worker.damage_start(BASE.to_dict()) is None
+    assert worker.damage_start(BASE) is None
     features = worker.damage("features", units)
     worker.damage("reset")
     alone = [worker.damage("step", u, r) for u, r in zip(units, ratios)]
     others = [Policy(sparsity=0.6, allocation="explicit", block_ratios=[0.3, 0.9, 0.5, 0.7, 0.6]),  # the damage's ranks
               Policy(metric="magnitude", sparsity=0.6, allocation="explicit", block_ratios=[0.6] * 5),  # new ranks
               Policy.from_method("ria", 0.6, allocation="owl")]  # pruned from scratch
-    expected = [worker.evaluate(p.to_dict())["loss"] for p in others]
+    expected = [worker.evaluate(p).loss for p in others]
     dense = {n: lin.weight.clone() for n, lin in worker.evaluator.linears.items()}
     worker.damage("reset")
     interleaved = []
     for i, (u, r) in enumerate(zip(units, ratios)):
         interleaved.append(worker.damage("step", u, r))
-        assert worker.evaluate(others[i % 3].to_dict())["loss"] == expected[i % 3]
+        assert worker.evaluate(others[i % 3]).loss == expected[i % 3]
     assert interleaved == alone and sum(d > 0 for d in alone) >= len(units) - 2
     assert np.array_equal(worker.damage("features", units), features)
     assert all(torch.equal(dense[n], lin.weight) for n, lin in worker.evaluator.linears.items())
-    assert "2:4" in worker.damage_start(Policy.from_method("wanda", 0.5, "2:4").to_dict())
+    assert "2:4" in worker.damage_start(Policy.from_method("wanda", 0.5, "2:4"))
     with pytest.raises(RuntimeError, match="no block damage"):
         worker.damage("step", units[0], 0.5)
 
@@ -198,13 +196,13 @@ def test_worker_block_ratios_are_the_engines(worker):
     from autoprune.pruning.allocation import block_ratios
     from autoprune.pruning.engine import blocks_linears
 
-    got = worker.block_ratios(BASE.to_dict(), ["owl", "alpha"])
+    got = worker.block_ratios(BASE, ["owl", "alpha"])
     bls = blocks_linears(worker.lm.model)
     for name in ("owl", "alpha"):
         policy = replace(BASE, allocation=name, block_ratios=None, layer_ratios=None)
         assert got[name] == pytest.approx(block_ratios(policy, bls, worker.evaluator.stats.X))
     assert got["owl"] != pytest.approx([BASE.sparsity] * len(bls))
-    assert worker.block_ratios(Policy(metric="wanda", pattern="2:4").to_dict(), ["owl", "alpha"]) == {}
+    assert worker.block_ratios(Policy(metric="wanda", pattern="2:4"), ["owl", "alpha"]) == {}
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "sac"])
