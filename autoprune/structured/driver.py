@@ -1,7 +1,8 @@
 """One structured search from start to finalists, and its files: what ``autoprune shrink --search`` runs.
 
 Dense statistics once (``proxy.OneShot``), the space from the Planner's widths and Block
-Influence order, the strategy's trials (``search.run_trials``), the finalists timed again. The
+Influence order, under a target the latency model that fits each plan's channels to the speed
+boundary (``latency``), the strategy's trials (``search.run_trials``), the finalists timed again. The
 caller shrinks the finalists for real (``speedup.select_plan``) and chooses.
 """
 
@@ -16,12 +17,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from autoprune.errors import UserError
+from autoprune.structured.latency import LatencyModel
 from autoprune.structured.layout import Layout
 from autoprune.structured.proxy import OneShot
 from autoprune.structured.search import Trial, finalists, pareto_front, run_trials
 from autoprune.structured.space import Space
 from autoprune.structured.speedup import Candidate, Planner
 from autoprune.structured.strategies import make_strategy
+
+MARGIN = 0.02  # plans are fitted to a predicted speed-up this much above the target (measurements are noisy)
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,18 @@ def search_plans(model: nn.Module, planner: Planner, calib: Tensor, proxy: Tenso
     ``UserError`` when no trial reaches the target. ``oneshot``: the proxy, when already built."""
     oneshot = oneshot or OneShot(model, calib, proxy, s.importance, s.reconstruct, s.damp, s.batch_size)
     space = Space.of(planner.layout, planner.channel_removals, oneshot.block_order())
-    strategy = make_strategy(s.strategy, space, s.target, s.pareto, s.trials, s.seed)
+    max_blocks, channels_for = None, None
+    if not s.pareto:  # plans on the speed boundary (see latency): channels fitted, no more blocks than needed
+        latency = LatencyModel(model, planner.layout)
+        latency.fit(planner.measured)
+        lay = planner.layout
+        max_blocks = min(space.max_blocks, latency.depth_for(s.target) + max(2, lay.blocks // 10))
+
+        def channels_for(blocks: int, kv_groups: int) -> int:
+            latency.fit(planner.measured)
+            return latency.least_channels(blocks, kv_groups, space.channels, s.target * (1 + MARGIN))
+
+    strategy = make_strategy(s.strategy, space, s.target, s.pareto, s.trials, s.seed, max_blocks, channels_for)
     bar = tqdm(total=s.trials, desc=f"search ({s.strategy})", disable=not progress, leave=False)
 
     def seen(trial: Trial) -> None:

@@ -1,17 +1,19 @@
-"""Strategies over the structured space, driven by ask/tell: ``ask()`` a plan, ``tell(trial)`` its result.
+"""Strategies over the structured space, driven by ask/tell: ``ask()`` a plan, ``tell(...)`` its result.
 
-    tpe     Optuna's TPE (multivariate), one objective, the proxy loss, under the constraint that
-            the measured speed-up reaches the target (``Trial.set_constraint``: infeasible
-            trials rank below every feasible one, by how far they fall short); with ``pareto``,
-            two objectives, loss down and speed-up up (MOTPE), no constraint.
-    nsga2   Optuna's NSGA-II, the same objectives and constraint.
-    evo     a small (mu + 1) evolution over plans: a parent by binary tournament under Deb's rules
-            (feasible before infeasible, then by loss; infeasible by their shortfall), one or two
-            moves (``Space.mutate``); the best ``population`` trials survive. Swaps keep the shape,
-            so a child often costs no speed measurement. Single objective only.
+    tpe     Optuna's TPE (multivariate) over the depth (a count of blocks, Block Influence order)
+            and the KV groups; one objective, the proxy loss, under the constraint that the
+            measured speed-up reaches the target (``Trial.set_constraint``: infeasible trials
+            rank below every feasible one, by how far they fall short). With ``pareto``: two
+            objectives, loss down and speed-up up (MOTPE), the channels searched too, no constraint.
+    nsga2   Optuna's NSGA-II, the same.
+    evo     a small (mu + 1) evolution over plans, the set of dropped blocks itself searched: a
+            parent by binary tournament under Deb's rules (feasible before infeasible, then by
+            loss; infeasible by their shortfall), one or two moves (``Space.mutate``); the best
+            ``population`` trials survive. Swaps keep the shape, so such a child costs no timing.
+            Single objective only.
 
-Every strategy starts from Block Influence order (ShortGPT's blocks), so that what it finds is
-measured against it; the search does not run the families' bisections.
+Under a target the MLP channels are fitted to the depth and heads (``channels_for``, see
+``latency``) rather than searched; the search does not run the families' bisections.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Protocol
 
 from autoprune.errors import UserError
 from autoprune.structured.layout import Plan
-from autoprune.structured.space import Space
+from autoprune.structured.space import Fit, Space
 
 STRATEGIES = ("tpe", "nsga2", "evo")
 PENALTY = 1e9  # the loss told for an infeasible trial no proxy scored (constraints rank those trials)
@@ -35,30 +37,32 @@ class Strategy(Protocol):
 
 
 class OptunaStrategy:
-    """TPE or NSGA-II through an in-memory Optuna study."""
+    """TPE or NSGA-II through an in-memory Optuna study: a count of blocks (Block Influence order),
+    KV groups and, unless ``channels_for`` fits them, MLP channels."""
 
-    def __init__(self, space: Space, sampler: str, target: float, pareto: bool, trials: int, seed: int):
+    def __init__(self, space: Space, sampler: str, target: float, pareto: bool, trials: int, seed: int,
+                 max_blocks: int | None = None, channels_for: Fit | None = None):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.space, self.target, self.pareto = space, target, pareto
+        self.space, self.target, self.pareto, self.channels_for = space, target, pareto, channels_for
+        self.max_blocks = space.max_blocks if max_blocks is None else max_blocks
         if sampler == "tpe":
             smp = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(2, min(10, trials // 4)))
         else:
             smp = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(16, trials // 4)))
         self.study = optuna.create_study(directions=["minimize", "maximize"] if pareto else ["minimize"], sampler=smp)
-        if space.max_blocks:
-            self.study.enqueue_trial({f"p{b}": p for b, p in enumerate(space.bi_priority())}, skip_if_exists=True)
         self._open: dict[Plan, list] = {}
 
     def ask(self) -> Plan:
         t = self.study.ask()
         s = self.space
-        blocks = t.suggest_int("blocks", 0, s.max_blocks)
+        blocks = t.suggest_int("blocks", 0, self.max_blocks)
         kv = t.suggest_int("kv", 0, len(s.kv) - 1)
-        ch = t.suggest_int("channels", 0, len(s.channels) - 1)
-        prio = [t.suggest_float(f"p{b}", 0.0, 1.0) for b in range(s.layout.blocks)] if s.max_blocks else None
-        plan = s.decode(blocks, kv, ch, prio)
+        if self.channels_for is not None:
+            plan = s.plan(blocks, s.kv[kv], self.channels_for(blocks, s.kv[kv]))
+        else:
+            plan = s.decode(blocks, kv, t.suggest_int("channels", 0, len(s.channels) - 1))
         self._open.setdefault(plan, []).append(t)
         return plan
 
@@ -76,8 +80,10 @@ class Evolution:
     """(mu + 1) evolution with Deb's constraint rules; ``population`` random shapes (blocks in Block
     Influence order) first."""
 
-    def __init__(self, space: Space, target: float, seed: int, population: int = 8):
+    def __init__(self, space: Space, target: float, seed: int, population: int = 8, max_blocks: int | None = None,
+                 channels_for: Fit | None = None):
         self.space, self.target, self.population = space, target, population
+        self.max_blocks, self.channels_for = max_blocks, channels_for
         self.rng = random.Random(seed)
         self.pool: list[tuple[Plan, float, float]] = []  # (plan, speed-up, loss) survivors
         self.seen: set[Plan] = set()
@@ -91,10 +97,10 @@ class Evolution:
         self.asked += 1
         for _ in range(20):  # a new plan if one is found quickly
             if self.asked <= self.population or not self.pool:
-                plan = self.space.random(self.rng)
+                plan = self.space.random(self.rng, self.max_blocks, self.channels_for)
             else:
                 a, b = self.rng.sample(self.pool, 2) if len(self.pool) > 1 else (self.pool[0],) * 2
-                plan = self.space.mutate(min(a, b, key=self._key)[0], self.rng)
+                plan = self.space.mutate(min(a, b, key=self._key)[0], self.rng, self.max_blocks, self.channels_for)
             if plan not in self.seen:
                 break
         self.seen.add(plan)
@@ -105,11 +111,14 @@ class Evolution:
         self.pool = sorted(self.pool, key=self._key)[:self.population]
 
 
-def make_strategy(name: str, space: Space, target: float, pareto: bool, trials: int, seed: int) -> Strategy:
+def make_strategy(name: str, space: Space, target: float, pareto: bool, trials: int, seed: int,
+                  max_blocks: int | None = None, channels_for: Fit | None = None) -> Strategy:
+    """``max_blocks``: the most blocks a plan drops (default: all but one); ``channels_for``: the
+    channels of a depth and head count (default: searched)."""
     if name == "evo":
         if pareto:
             raise UserError("--pareto searches with tpe or nsga2, not evo")
-        return Evolution(space, target, seed, population=max(4, min(8, trials // 4)))
+        return Evolution(space, target, seed, max(4, min(8, trials // 4)), max_blocks, channels_for)
     if name in ("tpe", "nsga2"):
-        return OptunaStrategy(space, name, target, pareto, trials, seed)
+        return OptunaStrategy(space, name, target, pareto, trials, seed, max_blocks, channels_for)
     raise UserError(f"unknown structured search {name!r} (choose {', '.join(STRATEGIES)} or families)")

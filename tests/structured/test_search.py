@@ -43,7 +43,7 @@ def test_space_plans_are_valid_and_start_from_block_influence(stories, space):
     lay = discover(stories.model)
     assert space.kv == (0, 2, 3) and space.channels[0] == 0 and all(c % 4 == 172 % 4 for c in space.channels[1:])
     assert all((172 - c) % 4 == 0 for c in space.channels)
-    assert space.decode(2, 0, 0, space.bi_priority()).drop == tuple(sorted(space.order[:2]))
+    assert space.decode(2, 0, 0).drop == tuple(sorted(space.order[:2]))
     rng = random.Random(0)
     plan = space.random(rng)
     for _ in range(200):
