@@ -17,15 +17,12 @@ T = TypeVar("T")
 
 
 class Config:
-    """Mixin for dataclass configs: ``from_dict`` refuses unknown keys; ``save`` writes JSON."""
+    """Mixin for dataclass configs: ``from_dict`` reads one with ``read`` (unknown keys refused, types
+    checked); ``save`` writes JSON."""
 
     @classmethod
     def from_dict(cls: type[C], d: dict) -> C:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UserError(f"{cls.__name__}: unknown keys {', '.join(unknown)}")
-        return cls(**d)
+        return read(cls, d, cls.__name__)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

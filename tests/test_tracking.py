@@ -75,13 +75,14 @@ def test_unreachable_tracking_server_is_one_quick_line():
 
 
 def test_baselines_of_each_search_from_its_run(uri):
+    from autoprune.messages import ValidationResult
     from autoprune.search.baselines import report, tracking_metrics
     from autoprune.tracking import baselines
 
     policies = {"dense": None, "wanda": Policy(sparsity=0.5),
                 "wanda+owl@0.1": Policy(sparsity=0.5, allocation="owl", owl_lambda=0.1)}
-    rows = report(["wanda", "wanda+owl"], policies, {}, {"wanda": {"perplexity": 31.0}},
-                  {"dense": {"perplexity": 6.0}, "wanda": {"perplexity": 30.0}}, 24.0)
+    rows = report(["wanda", "wanda+owl"], policies, {}, {"wanda": ValidationResult(31.0, 1.0)},
+                  {"dense": ValidationResult(6.0, 1.0), "wanda": ValidationResult(30.0, 1.0)}, 24.0)
     assert rows[1]["improvement"] == pytest.approx(0.2) and rows[2]["skipped"].startswith("did not fit")
     assert rows[1]["select_perplexity"] == 31.0
     t = Tracker(uri, "autoprune/c")

@@ -151,6 +151,11 @@ class RLStrategy(Strategy):
         return min(result.loss, self.config.loss_cap) if result.ok else self.config.loss_cap
 
     def _learn(self) -> None:
+        import torch
+
+        # small networks, one thread: torch's thread count is per thread and its results depend on it,
+        # so it is fixed here, and a replayed agent computes exactly as the run it replays did
+        torch.set_num_threads(1)
         steps = 10 * self.config.limit * len(self.env.units)  # the episode budget stops it first
         try:
             self.agent.learn(total_timesteps=steps)
