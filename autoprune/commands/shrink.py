@@ -20,9 +20,10 @@ def add_parser(sub) -> None:
     p.add_argument("--channels", type=float, default=0.0, help="fraction of MLP channels removed from every kept block")
     p.add_argument("--speedup", type=float, help="instead of a plan: the plan that reaches this measured decode "
                    "speed-up on this machine with the lowest calibration-side perplexity, found by --search")
-    p.add_argument("--search", default="tpe", help="how --speedup finds the plan: tpe (default), nsga2 or evo search "
-                   "which blocks go and the widths of the rest, each trial timed and scored by a cheap proxy; "
-                   "families: the least-removal depth, width, width+heads and mixed plans, by bisection")
+    p.add_argument("--search", default="tpe", help="how --speedup finds the plan: tpe (default) or nsga2 search the "
+                   "blocks dropped (Block Influence order) and the heads removed, evo also which blocks, the channels "
+                   "fitted to the speed boundary; each trial timed and scored by a cheap proxy. families: the "
+                   "least-removal depth, width, width+heads and mixed plans, by bisection")
     p.add_argument("--trials", type=int, help="search trials (default: 40; about 10-15 s each on SmolLM2-135M)")
     p.add_argument("--pareto", action="store_true", help="map the front of proxy perplexity against measured "
                    "speed-up (pareto.csv, pareto.png); the model saved is the front's best plan at --speedup")

@@ -12,7 +12,7 @@ from autoprune.cli import main
 from autoprune.structured import Plan, Planner, Probe, discover
 from autoprune.structured.layout import check_plan
 from autoprune.structured.proxy import OneShot
-from autoprune.structured.search import Trial, finalists, pareto_front, run_trials
+from autoprune.structured.search import Trial, pareto_front, run_trials
 from autoprune.structured.space import Space
 from autoprune.structured.strategies import make_strategy
 from autoprune.structured.surgery import config_changes
@@ -77,21 +77,21 @@ def test_pareto_front_is_non_dominated():
 
 
 @pytest.mark.parametrize("strategy", ["tpe", "evo"])
-def test_search_meets_the_measured_speedup(stories, oneshot, strategy):
+def test_search_meets_the_measured_speedup(stories, calib, oneshot, strategy):
+    from autoprune.structured.driver import SearchSettings, search_plans
+
     planner = Planner(stories.model, FAST)
     target = 1.3
-    space = Space.of(planner.layout, planner.channel_removals, oneshot.block_order())
-    trials = run_trials(make_strategy(strategy, space, target, False, 10, 0),
-                        lambda p: (planner.speedup(p), planner.tokens_per_second(p)[1]), oneshot.loss, target, 10)
-    assert len(trials) == 10
-    for t in trials:
+    found = search_plans(stories.model, planner, calib[:8], None, SearchSettings(strategy, target, 10, finalists=2),
+                         oneshot=oneshot)
+    assert len(found.trials) == 10
+    for t in found.trials:
         assert t.feasible == (t.speedup >= target) and (t.loss is None) == (not t.feasible)
-    chosen = finalists(trials, 2, target, planner.confirm, strategy)
-    for c in chosen:  # timed again: the mean of every measurement of the shape still reaches the target
+    assert found.candidates
+    for c in found.candidates:  # timed again: the mean of every measurement of the shape still reaches the target
         assert c.speedup >= target and planner.speedup(c.plan) >= target and len(planner.measured[c.plan.shape]) >= 2
-    if chosen:
-        scored = [t.loss for t in trials if t.plan == chosen[0].plan]
-        assert scored[0] == min(t.loss for t in trials if t.feasible and planner.speedup(t.plan) >= target)
+    best = min(t.loss for t in found.trials if t.feasible and planner.speedup(t.plan) >= target)
+    assert next(t.loss for t in found.trials if t.plan == found.candidates[0].plan) == best
 
 
 @pytest.mark.parametrize("strategy,pareto", [("tpe", False), ("nsga2", True), ("evo", False)])
@@ -151,3 +151,27 @@ def test_a_plan_drops_the_blocks_it_names(fresh_model, calib):
     assert report.dropped_blocks == (0, 4) and len(fresh_model.model.layers) == 3 and report.block_influence == ()
     with pytest.raises(UserError, match="distinct sorted"):
         check_plan(Plan(2, 0, 0, (4, 0)), discover(fresh_model), "stories260K")
+
+
+def test_latency_model_fits_measurements_and_finds_the_boundary(stories, space):
+    from autoprune.structured.latency import LatencyModel, _features
+
+    lay = discover(stories.model)
+    model = LatencyModel(stories.model, lay)
+    assert model.speedup(Plan()) == pytest.approx(1.0, abs=0.01)  # the prior: parameter shares summing to 1
+    truth = torch.tensor([0.3, 0.3, 0.1, 0.3], dtype=torch.float64)
+    rng = random.Random(0)
+    measured = {}
+    for _ in range(12):
+        p = space.random(rng)
+        measured[p.shape] = [1 / float(torch.tensor(_features(lay, p), dtype=torch.float64) @ truth)]
+    model.fit(measured)
+    for shape, (up,) in measured.items():
+        assert model.speedup(shape) == pytest.approx(up, rel=0.05)
+    target = 1.6
+    for blocks in range(3):
+        c = model.least_channels(blocks, 2, space.channels, target)
+        assert model.speedup(Plan(blocks, 2, c)) >= target or c == space.channels[-1]
+        smaller = [x for x in space.channels if x < c]
+        assert not smaller or model.speedup(Plan(blocks, 2, smaller[-1])) < target
+    assert model.speedup(Plan(model.depth_for(target))) >= target
