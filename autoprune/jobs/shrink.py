@@ -176,8 +176,12 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> ShrinkResult:
         select, proxy = search_windows(lm.tokenizer, cfg)
         if cfg.searched:
             tracker = open_tracker(cfg)
-            found = search_plans(lm.model, planner, calib, proxy, cfg.search_settings(),
-                                 lambda t: tracker.log_trial(t.row(layout), cfg.search), progress)
+            try:
+                found = search_plans(lm.model, planner, calib, proxy, cfg.search_settings(),
+                                     lambda t: tracker.log_trial(t.row(layout), cfg.search), progress)
+            except UserError:  # no trial reached the target: the trials stay in the store
+                tracker.finish(None, {}, {}, [], status="FAILED")
+                raise
             candidates, influence, trials, front = found.candidates, list(found.influence), found.trials, found.front
         else:
             influence = dense_block_influence(lm.model, calib, cfg.batch_size) if layout.blocks > 1 else None
