@@ -411,7 +411,7 @@ def test_gp_search_stacks_candidates_and_scores_finalists_sequentially(tmp_path)
 def test_a_converged_allocation_phase_gives_its_time_back_to_the_metric_search(tmp_path):
     """Under 2:4 evolution only picks the weight update and is done in seconds; the metric search
     then goes on until the allocation phase's deadline instead of leaving the time idle."""
-    proc = _start(["search", "--model", "stories260K", "--pattern", "2:4", "--strategies", "gp,evo", "--budget", "70s",
+    proc = _start(["search", "--model", "stories260K", "--pattern", "2:4", "--strategies", "gp,evo", "--budget", "90s",
                    "--calib-windows", "16", "--proxy-windows", "8", "--eval-windows", "16", "--top-k", "1",
                    "--baselines", "sparsegpt", "--out", "runs/nm"], tmp_path)
     text, _ = proc.communicate(timeout=200)
