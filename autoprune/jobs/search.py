@@ -222,7 +222,7 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
 
     from autoprune.search.baselines import parse_baselines, parse_lambdas, tracking_metrics
     from autoprune.search.runner import SearchRunner, SearchSettings
-    from autoprune.search.workers import WorkerPool
+    from autoprune.search.pool import WorkerPool
     from autoprune.tracking import Tracker
 
     track = read_json(out / TRACKING_FILE) or {}

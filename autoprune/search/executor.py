@@ -2,7 +2,7 @@
 
 The scheduler and the validator hand ``ProxyJob``s and ``ValidationJob``s (``autoprune.messages``)
 to an ``Executor`` and collect (job, result) pairs from ``wait``; they never learn where the model
-is. ``WorkerPool`` (``search.workers``) runs them on Ray actors that each hold the model and its
+is. ``WorkerPool`` (``search.pool``) runs them on Ray actors that each hold the model and its
 statistics; ``InProcessExecutor`` runs them one at a time on a ``ProxyWorker`` in this process,
 for tests and benchmarks, with exactly the worker code the pool runs.
 """

@@ -53,7 +53,7 @@ def make_units(block_sizes: tuple[dict[str, int], ...], kind: str) -> list[Unit]
 
 class Damage(Protocol):
     """The model side of the environment: ``autoprune.evaluation.block_damage.BlockDamage`` beside
-    the model, or ``autoprune.search.workers.RemoteDamage`` calling one on a Ray worker."""
+    the model, or ``autoprune.search.pool.RemoteDamage`` calling one on a Ray worker."""
 
     def features(self, units: list[Unit]) -> np.ndarray: ...  # (units, k) statistics per unit
     def reset(self) -> None: ...

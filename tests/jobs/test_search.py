@@ -248,7 +248,8 @@ def test_remote_damage_interleaves_with_pool_jobs_and_survives_its_worker(tmp_pa
     from autoprune.messages import ProxyJob, ValidationJob
     from autoprune.search.executor import InProcessExecutor
     from autoprune.search.rl_env import make_units
-    from autoprune.search.workers import WorkerPool, WorkerSpec
+    from autoprune.search.pool import WorkerPool
+    from autoprune.search.workers import WorkerSpec
 
     def finish(pool):
         end = time.monotonic() + 120
