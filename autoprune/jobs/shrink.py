@@ -206,7 +206,8 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> ShrinkResult:
 
 
 def open_tracker(cfg: ShrinkConfig):
-    from autoprune.tracking import EXPERIMENT_PREFIX, ShrinkTracker
+    from autoprune.structured.tracking import ShrinkTracker
+    from autoprune.tracking import EXPERIMENT_PREFIX
 
     return ShrinkTracker(cfg.tracking_uri, EXPERIMENT_PREFIX + cfg.experiment, cfg.to_dict())
 
