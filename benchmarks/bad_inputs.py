@@ -20,6 +20,7 @@ AUTOPRUNE = os.path.join(os.path.dirname(sys.executable), "autoprune")
 M = ["--model", "stories260K"]
 SEARCH = ["search", *M, "--budget", "1m"]
 PRUNE = ["prune", *M, "--seqlen", "64", "--calib", "tinystories:0-20", "--calib-windows", "2"]
+SHRINK = ["shrink", *M, "--seqlen", "64", "--calib", "tinystories:0-20", "--calib-windows", "2", "--out", "o"]
 CASES = [
     (["eval", "--model", "no-such-model"], "unknown model"),
     (["eval", "--model", "someone/some-model"], "hub id offline"),
@@ -71,6 +72,15 @@ CASES = [
     (["export", "deep.json"], "deeply nested metric file"),
     (["export", "policy.json", "--format", "llmcompressor"], "recipe of an OWL policy without --model"),
     (["export", "binary.txt", "--format", "levels", *M], "levels of a binary file"),
+    ([*SHRINK, "--speedup", "50"], "a speed-up out of reach"),
+    ([*SHRINK, "--speedup", "0.5"], "a speed-up below 1"),
+    ([*SHRINK, "--heads", "0.25"], "a head fraction no KV grouping gives"),
+    ([*SHRINK, "--blocks", "5"], "every block dropped"),
+    ([*SHRINK], "nothing to remove"),
+    ([*SHRINK, "--speedup", "1.5", "--blocks", "1"], "a speed-up and a plan at once"),
+    ([*SHRINK, "--speedup", "1.5", "--trials", "0"], "zero trials"),
+    (["shrink", "--model", "gpt2", "--heads", "0.5", "--out", "o"], "heads GPT-2's fused attention lacks"),
+    (["shrink", "--model", "gpt2", "--channels", "0.5", "--out", "o"], "channels of an ungated MLP"),
     (["frobnicate"], "unknown command"),
 ]
 
@@ -91,24 +101,36 @@ def prepare(d: Path) -> None:
     (d / "policy.json").write_text('{"metric": "wanda", "sparsity": 0.5, "allocation": "owl"}\n')
 
 
+def tiny_gpt2(d: Path) -> None:
+    """A 2-block GPT-2 (fused c_attn, Conv1D, no gated MLP) saved as a folder, with a tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from autoprune.models import load_model
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=512, n_positions=128)).save_pretrained(d)
+    load_model("stories260K").tokenizer.save_pretrained(d)
+
+
 def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "AUTOPRUNE_DATA_DIR": str(DATA)}
     ok = 0
     print(f"{'case':40} {'exit':>4} {'lines':>5} {'wrote':>5}  message")
-    for argv, label in CASES:
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            prepare(d)
-            before = {p.relative_to(d) for p in d.rglob("*")}
-            p = subprocess.run([AUTOPRUNE, *argv], cwd=d, capture_output=True, text=True, env=env, timeout=300)
-            wrote = sorted(str(q.relative_to(d)) for q in d.rglob("*") if q.relative_to(d) not in before)
-        lines = [line for line in p.stderr.splitlines() if line.strip()]
-        good = p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr and not wrote
-        ok += good
-        message = lines[-1][:110] if lines else ""
-        print(f"{label:40} {p.returncode:>4} {len(lines):>5} {len(wrote):>5}  {message}" + ("" if good else "   <-- FAIL"))
+    with tempfile.TemporaryDirectory() as shared:
+        tiny_gpt2(Path(shared) / "gpt2")
+        for argv, label in CASES:
+            with tempfile.TemporaryDirectory() as tmp:
+                d = Path(tmp)
+                prepare(d)
+                (d / "gpt2").symlink_to(Path(shared) / "gpt2")
+                before = {p.relative_to(d) for p in d.rglob("*")}
+                p = subprocess.run([AUTOPRUNE, *argv], cwd=d, capture_output=True, text=True, env=env, timeout=300)
+                wrote = sorted(str(q.relative_to(d)) for q in d.rglob("*") if q.relative_to(d) not in before)
+            lines = [line for line in p.stderr.splitlines() if line.strip()]
+            good = p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr and not wrote
+            ok += good
+            message = lines[-1][:110] if lines else ""
+            print(f"{label:40} {p.returncode:>4} {len(lines):>5} {len(wrote):>5}  {message}" + ("" if good else "   <-- FAIL"))
     print(f"{ok} of {len(CASES)} refused cleanly (exit 2, one line, no traceback, nothing written)")
-
 
 if __name__ == "__main__":
     main()
