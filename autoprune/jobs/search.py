@@ -201,6 +201,8 @@ def search(cfg: SearchConfig, resume: bool = False, on_update: Callable[[dict], 
     from autoprune.tracking import check_uri
 
     fresh = None if resume else search_spec.resolve(cfg.spaces)  # a bad space file: refused before anything is made
+    if fresh is not None:
+        search_spec.check(fresh, cfg.strategy_names)
     check_uri(cfg.tracking_uri)  # fail fast, before anything is written or started
     probe_ray(cfg.ray_address)
     cfg = prepare_out(cfg, resume)

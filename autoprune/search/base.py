@@ -49,10 +49,19 @@ class Strategy(ABC):
     """Constructed as ``Strategy(context, space)`` with ``space`` the parsed search-space YAML."""
 
     name: str
+    space_type: type  # the frozen dataclass its space is read into (``read_space``)
     # True when asking for several candidates at once costs the search nothing (a GP generation,
     # random draws), so the scheduler may stack them into one forward pass; a sequential
     # optimiser (BO, RL) should see each result before it proposes again
     stackable: bool = False
+
+    @classmethod
+    def read_space(cls, space: dict | object) -> object:
+        """The strategy's space from the spec's mapping (an instance passes as it is): unknown keys,
+        wrong types and out-of-range values are one-line ``UserError``s naming the file."""
+        from autoprune.config import read
+
+        return read(cls.space_type, space, f"{cls.name}.yaml")
 
     @abstractmethod
     def ask(self, n: int) -> list[Candidate]:

@@ -238,9 +238,10 @@ class BOSpaces(Strategy):
     (attn_mlp at 70% on stories260K) is outranked by one that does not."""
 
     name = "bo"
+    space_type = BOSpace
 
     def __init__(self, context: SearchContext, space: dict | BOSpace):
-        space = read(BOSpace, space, "bo.yaml")
+        space = self.read_space(space)
         several = len(space.allocation) > 1
         self.parts: dict[str, BOStrategy] = {}
         fixed = context.base_policy.nm is not None  # an N:M pattern fixes every ratio: no study, done at once

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from autoprune.config import need, read
+from autoprune.config import need
 from autoprune.errors import UserError
 from autoprune.messages import ProxyResult, policy_key
 from autoprune.pruning.policy import UPDATES, Policy
@@ -63,11 +63,12 @@ def arms(base: Policy, updates: tuple[str, ...]) -> list[tuple[str, str]]:
 
 class EvoStrategy(Strategy):
     name = "evo"
+    space_type = EvoSpace
     stackable = True
 
     def __init__(self, context: SearchContext, space: dict | EvoSpace):
         self.context = context
-        self.config = read(EvoSpace, space, "evo.yaml")
+        self.config = self.read_space(space)
         unknown = [u for u in context.updates if u not in UPDATES]
         if unknown:
             raise UserError(f"unknown update {unknown[0]!r} (choose {', '.join(UPDATES)})")

@@ -26,7 +26,6 @@ import random
 from dataclasses import replace
 from functools import lru_cache
 
-from autoprune.config import read
 from autoprune.errors import UserError
 from autoprune.messages import ProxyResult
 from autoprune.pruning.expression import TERMINALS, Expr, call, const, parse
@@ -58,13 +57,18 @@ def _no_op(*args):  # DEAP needs a callable per primitive; trees are never compi
 
 class GPStrategy(Strategy):
     name = "gp"
+    space_type = GPSpace
     stackable = True
 
-    def __init__(self, context: SearchContext, space: dict | GPSpace):
+    @classmethod
+    def read_space(cls, space: dict | GPSpace) -> GPSpace:
         if isinstance(space, dict) and space.get("strategy") == "gp":  # a key of specs stored before it was dropped
             space = {k: v for k, v in space.items() if k != "strategy"}
+        return super().read_space(space)
+
+    def __init__(self, context: SearchContext, space: dict | GPSpace):
         self.context = context
-        self.space = read(GPSpace, space, "gp.yaml")
+        self.space = self.read_space(space)
         gp, base, tools, Individual = _deap()
         self._gp, self._Individual = gp, Individual
         s = self.space

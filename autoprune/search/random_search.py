@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from autoprune.config import need, read
+from autoprune.config import need
 from autoprune.messages import ProxyResult
 from autoprune.pruning.policy import Policy
 from autoprune.search.allocation_space import explicit_policy
@@ -53,11 +53,12 @@ def balanced_ratios(target: float, offsets: list[float], weights: list[int], lo:
 
 class RandomStrategy(Strategy):
     name = "random"
+    space_type = RandomSpace
     stackable = True
 
     def __init__(self, context: SearchContext, space: dict | RandomSpace):
         self.context = context
-        self.space = read(RandomSpace, space, "random.yaml")
+        self.space = self.read_space(space)
         self.phase = self.space.phase
         self.rng = random.Random(context.seed)
         self.weights = [sum(b.values()) for b in context.block_sizes]

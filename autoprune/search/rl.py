@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from autoprune.config import need, read
+from autoprune.config import need
 from autoprune.errors import UserError
 from autoprune.messages import ProxyResult
 from autoprune.pruning.policy import Policy
@@ -104,12 +104,13 @@ def make_agent(algorithm: str, env, seed: int, n_units: int, kwargs: dict):
 
 class RLStrategy(Strategy):
     name = "rl"
+    space_type = RLSpace
 
     def __init__(self, context: SearchContext, space: dict | RLSpace):
         from autoprune.search.rl_env import AllocationEnv, make_units
 
         self.context = context
-        self.config = cfg = read(RLSpace, space, "rl.yaml")
+        self.config = cfg = self.read_space(space)
         units = make_units(context.block_sizes, cfg.unit)
         self.fixed = context.base_policy.nm is not None  # an N:M pattern fixes every ratio: done at once
         self._asked = self._told = 0

@@ -85,3 +85,12 @@ def stored(out: Path) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         raise UserError(f"{path}: damaged (not JSON)") from None
+
+
+def check(spec: dict[str, dict], names: list[str]) -> None:
+    """Read the named strategies' spaces now, so a bad value in a space file is refused in one line
+    before the search makes its run folder or starts a worker."""
+    from autoprune.search.registry import strategy_class
+
+    for name in names:
+        strategy_class(name).read_space(dict(spec.get(name, {})))

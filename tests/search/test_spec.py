@@ -40,6 +40,22 @@ def test_a_user_folder_overrides_whole_files_and_bad_ones_are_refused(tmp_path):
         spec.resolve(tmp_path / "gp.yaml")
 
 
+def test_a_bad_value_in_a_space_file_is_refused_before_the_search_writes_anything(tmp_path, capsys):
+    from autoprune.cli import main
+
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "bo.yaml").write_text("n_trials: -3\n")
+    spec.check(spec.resolve(spaces), ["gp"])  # only the strategies the search runs are read
+    with pytest.raises(UserError, match="bo.yaml: n_trials"):
+        spec.check(spec.resolve(spaces), ["gp", "bo"])
+    out = tmp_path / "runs" / "x"
+    assert main(["search", "--model", "stories260K", "--strategies", "gp,bo", "--spaces", str(spaces),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bo.yaml: n_trials" in err and not out.exists()
+
+
 @pytest.mark.slow
 def test_resume_reads_the_stored_spec_not_the_edited_files(tmp_path):
     from tests.jobs.test_search import _results, _start, _wait_for
