@@ -1,1 +1,3 @@
-"""Search strategies: each proposes candidates and is told their proxy results (ask / tell)."""
+"""The search layer: strategies that propose candidates and are told their proxy results (ask /
+tell, ``registry``), the scheduler that decides what runs, executors that run it where the model
+is, the validator, and the runner that journals every event (``runner``)."""

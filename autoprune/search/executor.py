@@ -56,9 +56,6 @@ class Executor(ABC):
     def block_ratios(self, policy: Policy, allocations: list[str]) -> dict[str, list[float]]:
         """Per-block ratios of ``policy``'s target under each named allocation (OWL, AlphaPruning)."""
 
-    def close(self) -> None:
-        """Stop the workers."""
-
 
 class LocalDamage:
     """``ProxyWorker``'s block damage, called in this process (``RemoteDamage``'s twin)."""
