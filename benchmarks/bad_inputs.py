@@ -103,11 +103,15 @@ def prepare(d: Path) -> None:
 
 def tiny_gpt2(d: Path) -> None:
     """A 2-block GPT-2 (fused c_attn, Conv1D, no gated MLP) saved as a folder, with a tokenizer."""
+    from autoprune.commands import quiet_libraries
+
+    quiet_libraries()
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from autoprune.models import load_model
 
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=512, n_positions=128)).save_pretrained(d)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=512, n_positions=128, bos_token_id=1, eos_token_id=2)
+    GPT2LMHeadModel(config).save_pretrained(d)
     load_model("stories260K").tokenizer.save_pretrained(d)
 
 
