@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--proxy-windows", type=int, default=4)
     ap.add_argument("--calib", default="c4")
     ap.add_argument("--calib-windows", type=int, default=16)
+    ap.add_argument("--select", default=None, help="data the finalists and baselines are chosen on (default: the "
+                    "calibration set's unused windows, as shrink)")
     ap.add_argument("--select-windows", type=int, default=8)
     ap.add_argument("--eval", default="wikitext2")
     ap.add_argument("--eval-windows", type=int, default=32)
@@ -68,8 +70,8 @@ def main() -> None:
     dense = lm.model
     cfg = ShrinkConfig(model=args.model, out="/tmp/unused-structured-search", speedup=1.5, search=args.search,
                        trials=args.trials, proxy_windows=args.proxy_windows, calib=args.calib,
-                       calib_windows=args.calib_windows, select_windows=args.select_windows, seqlen=args.seqlen,
-                       seed=args.seed)
+                       calib_windows=args.calib_windows, select=args.select, select_windows=args.select_windows,
+                       seqlen=args.seqlen, seed=args.seed)
     calib = calibration_windows(lm.tokenizer, args.calib, args.calib_windows, args.seqlen, args.seed)
     select, proxy = search_windows(lm.tokenizer, cfg)
     test = evaluation_windows(lm.tokenizer, args.eval, args.seqlen, args.eval_windows)
@@ -79,7 +81,8 @@ def main() -> None:
     influence = list(oneshot.influence)
     lay = planner.layout
     print(f"{args.model}: {parameters(dense):,} parameters; calibration {args.calib_windows} x {args.seqlen} tokens of "
-          f"{args.calib}, proxy {args.proxy_windows} and selection {args.select_windows} other windows of it; "
+          f"{args.calib}, proxy {args.proxy_windows} other windows of it, selection {args.select_windows} windows "
+          f"of {args.select or args.calib}; "
           f"{args.eval} test {len(test)} x {args.seqlen}; importance {args.importance}, least squares; "
           f"search {args.search}, {args.trials} trials, {args.finalists} finalists\n", flush=True)
 
