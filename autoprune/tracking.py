@@ -109,6 +109,14 @@ def open_store(uri: str) -> str:
     return check_uri(uri)
 
 
+def finite_metrics(values: dict) -> list:
+    """MLflow metrics of the finite ones of ``values`` (None, "" and NaN left out), stamped now."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in values.items() if v not in (None, "") and math.isfinite(float(v))]
+
+
 def short_allocation(p: dict) -> str:
     """A policy's allocation in a few characters: uniform, owl(0.1), alpha(0.3), or explicit
     with the range of its block ratios."""
@@ -285,10 +293,7 @@ class Tracker:
         self.run_ids[row["name"]] = run.info.run_id
 
     def _metrics(self, run_id: str, values: dict) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None and math.isfinite(float(v))]
+        ms = finite_metrics(values)
         if ms:
             self.client.log_batch(run_id, metrics=ms)
 

@@ -34,7 +34,10 @@ def read_json(path: Path, default=None):
 
 def read_events(path: Path) -> list[Event]:
     """The events of a journal, up to its last complete line (one a kill tore mid-write is not an event)."""
-    text = Path(path).read_text() if Path(path).exists() else ""
+    return _decode(Path(path).read_text() if Path(path).exists() else "", path)
+
+
+def _decode(text: str, path: Path) -> list[Event]:
     events = []
     for n, line in enumerate(text[:text.rfind("\n") + 1].splitlines(), 1):
         try:
@@ -49,12 +52,11 @@ class Journal:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.events: list[Event] = read_events(self.path)
-        if self.path.exists():  # drop a line torn by a kill mid-write, so the next one starts clean
-            text = self.path.read_bytes()
-            if text and not text.endswith(b"\n"):
-                with open(self.path, "r+b") as f:
-                    f.truncate(text.rfind(b"\n") + 1)
+        text = self.path.read_bytes() if self.path.exists() else b""
+        self.events: list[Event] = _decode(text[:text.rfind(b"\n") + 1].decode(), self.path)
+        if text and not text.endswith(b"\n"):  # drop a line torn by a kill mid-write, so the next one starts clean
+            with open(self.path, "r+b") as f:
+                f.truncate(text.rfind(b"\n") + 1)
         self._file = open(self.path, "a")
 
     def append(self, event: Event) -> Event:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
-from autoprune.tracking import EXPERIMENT_PREFIX, _artifact_root, _client
+from autoprune.tracking import EXPERIMENT_PREFIX, _artifact_root, _client, finite_metrics
 
 TRIAL_TAG = "autoprune.shrink_trial"
 
@@ -37,20 +36,18 @@ class ShrinkTracker:
 
     def log_trial(self, row: dict, strategy: str) -> None:
         """``row``: ``structured.search.Trial.row``."""
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Param
 
         n = int(row["trial"])
         run = self.client.create_run(self.experiment_id, run_name=f"{strategy}-{n}", tags={
             "mlflow.parentRunId": self.parent_run_id, "autoprune.kind": "shrink-trial", TRIAL_TAG: str(n),
             "autoprune.strategy": strategy, "autoprune.feasible": str(bool(row["feasible"])).lower()})
         self.run_ids[n] = run.info.run_id
-        now = int(time.time() * 1000)
         params = {k: str(row[k]) for k in ("plan", "blocks", "kv_groups", "channels", "dropped")}
         metrics = {"speedup": row["speedup"], "tokens_per_s": row["tokens_per_s"], "proxy_ppl": row["proxy_ppl"],
                    "seconds": row["seconds"]}
         self.client.log_batch(run.info.run_id, params=[Param(k, v or "-") for k, v in params.items()],
-                              metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
-                                       if v not in ("", None) and math.isfinite(float(v))])
+                              metrics=finite_metrics(metrics))
         self.client.set_terminated(run.info.run_id, "FINISHED")
         if row["feasible"] and row["proxy_ppl"] not in ("", None):  # the curve of the best feasible trial so far
             self.best = min(self.best, float(row["proxy_ppl"]))
@@ -69,10 +66,7 @@ class ShrinkTracker:
                 self.client.set_tag(self.run_ids[chosen], "autoprune.chosen", "true")
                 self.client.set_tag(self.parent_run_id, "autoprune.chosen_trial", str(chosen))
                 self.client.set_tag(self.parent_run_id, "autoprune.chosen_run_id", self.run_ids[chosen])
-            now = int(time.time() * 1000)
-            from mlflow.entities import Metric
-
-            ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+            ms = finite_metrics(metrics)
             if ms:
                 self.client.log_batch(self.parent_run_id, metrics=ms)
             for path in artifacts:
