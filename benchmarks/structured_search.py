@@ -3,17 +3,19 @@
 For each target speed-up (this machine, batch 1, decode timed on copies cut to each plan's shape):
 
   searched         ``--search`` (tpe, nsga2 or evo) over which blocks go and the uniform KV-group and
-                   MLP-channel removal of the rest, ``--trials`` trials, each timed and scored by the
-                   one-shot proxy on ``--proxy-windows`` calibration-side windows; the ``--finalists``
-                   best by proxy, timed again, shrunk for real (sequential, ``--importance``, least
-                   squares) and the lowest selection perplexity kept (``autoprune shrink --speedup``);
+                   MLP-channel removal of the rest, ``--trials`` trials (the families' plans first),
+                   each timed and scored by the one-shot proxy on ``--proxy-windows`` windows of the
+                   selection data; the ``--finalists`` best by proxy, timed again, and the families'
+                   plans shrunk for real (sequential, ``--importance``, least squares) and the lowest
+                   selection perplexity kept (``autoprune shrink --speedup``);
   family-selected  the families' least-removal plans (depth, width, width+heads, mixed), the lowest
                    selection perplexity kept (``autoprune shrink --search families``);
   uniform width    the better of width and width+heads on the selection windows;
   blocks only      the depth family: ShortGPT, the lowest Block Influence blocks dropped.
 
-Selection windows: the calibration set's windows that neither the calibration nor the proxy drew.
-WikiText-2 test perplexity chooses nothing. Tokens/s: every model timed again at the end,
+Selection and proxy windows: disjoint windows of ``--select`` (default as ``shrink``: wikitext2-valid,
+or for TinyStories calibration its windows the calibration did not draw). WikiText-2 test
+perplexity chooses nothing. Tokens/s: every model timed again at the end,
 interleaved, a ``--prompt``-token prompt and ``--new-tokens`` greedy tokens with a KV cache, batch 1
 and batch 8, medians of ``--repeats`` rounds, ``--threads`` thread(s).
 
@@ -38,8 +40,8 @@ def main() -> None:
     ap.add_argument("--proxy-windows", type=int, default=4)
     ap.add_argument("--calib", default="c4")
     ap.add_argument("--calib-windows", type=int, default=16)
-    ap.add_argument("--select", default=None, help="data the finalists and baselines are chosen on (default: the "
-                    "calibration set's unused windows, as shrink)")
+    ap.add_argument("--select", default=None, help="data the proxy scores on and the finalists and baselines are "
+                    "chosen on (default: as shrink)")
     ap.add_argument("--select-windows", type=int, default=8)
     ap.add_argument("--eval", default="wikitext2")
     ap.add_argument("--eval-windows", type=int, default=32)
@@ -62,6 +64,7 @@ def main() -> None:
     from autoprune.structured import Importance, Planner, Probe, measure, parameters, shrink_model
     from autoprune.structured.driver import SearchSettings, search_plans
     from autoprune.structured.proxy import OneShot
+    from autoprune.structured.speedup import Candidate
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -81,8 +84,8 @@ def main() -> None:
     influence = list(oneshot.influence)
     lay = planner.layout
     print(f"{args.model}: {parameters(dense):,} parameters; calibration {args.calib_windows} x {args.seqlen} tokens of "
-          f"{args.calib}, proxy {args.proxy_windows} other windows of it, selection {args.select_windows} windows "
-          f"of {args.select or args.calib}; "
+          f"{args.calib}, selection {args.select_windows} windows of {cfg.select} and proxy {args.proxy_windows} "
+          f"others; "
           f"{args.eval} test {len(test)} x {args.seqlen}; importance {args.importance}, least squares; "
           f"search {args.search}, {args.trials} trials, {args.finalists} finalists\n", flush=True)
 
@@ -103,12 +106,13 @@ def main() -> None:
         t_search = time.perf_counter() - ts
         proxy_of = {t.plan: t.loss for t in found.trials if t.loss is not None}
         for c in found.candidates:
-            print(f"  {target:g}x  finalist     {c.plan.describe(lay):<58} measured {c.speedup:.2f}x  "
+            print(f"  {target:g}x  finalist {c.family:<12} {c.plan.describe(lay):<50} measured {c.speedup:.2f}x  "
                   f"proxy ppl {proxy_of[c.plan]:8.2f}  selection ppl {real(c.plan):8.2f}", flush=True)
         feasible = sum(t.feasible for t in found.trials)
         print(f"  {target:g}x  search: {len(found.trials)} trials ({feasible} feasible) in {t_search:.0f} s, "
               f"{t_search / len(found.trials):.1f} s a trial", flush=True)
-        fams = planner.candidates(target)
+        fams = [Candidate(c.family, found.space.plan(c.plan.blocks, c.plan.kv_groups, c.plan.channels), c.speedup)
+                for c in planner.candidates(target)]  # timed during the search; the blocks named as there
         for c in fams:
             print(f"  {target:g}x  {c.family:<12} {c.plan.describe(lay):<58} measured {c.speedup:.2f}x  "
                   f"proxy ppl {oneshot.loss(c.plan):8.2f}  selection ppl {real(c.plan):8.2f}", flush=True)

@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
                    "speed-up (pareto.csv, pareto.png); the model saved is the front's best plan at --speedup")
     p.add_argument("--finalists", type=int, default=3, help="best searched plans shrunk for real and scored on the "
                    "selection windows (default: 3)")
-    p.add_argument("--proxy-windows", type=int, default=4, help="calibration-side windows the search's proxy "
-                   "scores each plan on (default: 4)")
+    p.add_argument("--proxy-windows", type=int, default=4, help="windows of the --select data (not the "
+                   "selection windows) the search's proxy scores each plan on (default: 4)")
     p.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db", help="MLflow tracking URI of a search "
                    "(default: sqlite:///runs/mlflow.db)")
     p.add_argument("--experiment", default="shrink", help="MLflow experiment of a search (default: shrink)")
@@ -42,8 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--damp", type=float, default=0.01, help="reconstruction ridge, relative to the mean Gram diagonal")
     p.add_argument("--calib", default="c4", help="calibration data: file or named set, optional :START-END")
     p.add_argument("--calib-windows", type=int, default=128, help="calibration windows (default: 128)")
-    p.add_argument("--select", help="--speedup: data the plan is chosen on (default: the calibration set's "
-                   "windows the calibration did not draw)")
+    p.add_argument("--select", help="--speedup: data the plan is chosen on, and the search's proxy scored on "
+                   "(other windows of it); default: wikitext2-valid, or for TinyStories calibration its unused windows")
     p.add_argument("--select-windows", type=int, default=16, help="selection windows (default: 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval", help="also report dense and shrunk perplexity on this data (chooses nothing)")

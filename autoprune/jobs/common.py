@@ -9,6 +9,14 @@ from autoprune.data.windows import sample_indices
 from autoprune.errors import UserError
 
 
+def default_select(calib: str) -> str:
+    """Where a winner is chosen when the user names nothing: the calibration set itself (its unused
+    windows) for the TinyStories toys, else WikiText-2's validation split, the domain the quality is
+    reported on (the calibration set, C4 by default, forgives other damage than that text does), but
+    never the text it is reported on."""
+    return calib if calib.startswith("tinystories") else "wikitext2-valid"
+
+
 def calibration_windows(tokenizer, spec: str, n: int, seqlen: int, seed: int) -> torch.Tensor:
     """``n`` windows of ``seqlen`` tokens drawn with ``seed`` from the documents of ``spec``."""
     return sample_windows(tokenize_windows(tokenizer, load_documents(spec), seqlen), n, seed)

@@ -17,6 +17,7 @@ from typing import Callable
 from autoprune.config import Config, check_out
 from autoprune.errors import UserError
 from autoprune.jobs.cluster import connect_ray, probe_ray
+from autoprune.jobs.common import default_select
 from autoprune.jobs.run_folder import (BEST_FILE, CONFIG_FILE, JOURNAL_FILE, LOG_FILE, PROGRESS_FILE, STARTUP_FILE, SUMMARY_FILE,
                                        TRACKING_FILE, lock, log_to_file, prepare_out)
 from autoprune.jobs.search_results import phase_seconds, strategy_bests, winner_row, write_results
@@ -77,7 +78,7 @@ class SearchConfig(Config):
         stories = self.model.lower().startswith("stories")
         self.calib = self.calib or ("tinystories:0-499" if stories else "c4")
         self.eval = self.eval or ("tinystories:500-999" if self.calib.startswith("tinystories") else "wikitext2")
-        self.select = self.select or (self.calib if self.calib.startswith("tinystories") else "wikitext2-valid")
+        self.select = self.select or default_select(self.calib)
         if self.select == self.eval:
             raise UserError(f"--select and --eval are both {self.eval!r}: the winner must be chosen on other data "
                             "than it is reported on")

@@ -29,7 +29,7 @@ from autoprune.errors import UserError
 from autoprune.evaluation import perplexity
 from autoprune.data import load_documents, tokenize_windows
 from autoprune.data.windows import sample_indices
-from autoprune.jobs.common import calibration_windows, evaluation_windows, selection_windows
+from autoprune.jobs.common import calibration_windows, default_select, evaluation_windows, selection_windows
 from autoprune.models import load_model
 from autoprune.structured import (Importance, Plan, Planner, ShrinkReport, dense_block_influence, discover, select_plan,
                                   shrink_model)
@@ -59,7 +59,7 @@ class ShrinkConfig(Config):
     damp: float = 0.01  # ridge of the reconstruction, relative to the mean diagonal of the Gram
     calib: str = "c4"
     calib_windows: int = 128
-    select: str | None = None  # --speedup: data the plan is chosen on (default: the calibration set's unused windows)
+    select: str | None = None  # --speedup: data the plan is chosen and the proxy scored on (None: default_select)
     select_windows: int = 16
     seqlen: int = 2048
     seed: int = 0
@@ -68,7 +68,7 @@ class ShrinkConfig(Config):
     trials: int | None = None  # search trials (default DEFAULT_TRIALS)
     pareto: bool = False  # map the front of proxy perplexity against measured speed-up (tpe or nsga2)
     finalists: int = 3  # best searched plans by proxy shrunk for real and scored on the selection windows
-    proxy_windows: int = 4  # calibration-side windows the search's proxy scores each plan on
+    proxy_windows: int = 4  # windows of the selection data (not the selection windows) the proxy scores plans on
     tracking_uri: str = "sqlite:///runs/mlflow.db"
     experiment: str = "shrink"  # MLflow experiment (prefixed autoprune/) of a search
     eval: str | None = None  # data to report dense and shrunk perplexity on (chooses nothing)
@@ -112,6 +112,11 @@ class ShrinkConfig(Config):
             raise UserError("--pareto searches with tpe or nsga2, not evo")
         if self.trials is None and self.speedup is not None and self.search != "families":
             self.trials = DEFAULT_TRIALS
+        if self.speedup is not None:
+            self.select = self.select or default_select(self.calib)
+            if self.select == self.eval:
+                raise UserError(f"--select and --eval are both {self.eval!r}: the plan must be chosen on other data "
+                                "than it is reported on")
 
     @property
     def searched(self) -> bool:
@@ -238,20 +243,19 @@ def write_search(cfg: ShrinkConfig, res: ShrinkResult, tracker) -> None:
 
 def search_windows(tokenizer, cfg: ShrinkConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The selection windows (as ``selection_windows`` draws them) and the search's proxy windows:
-    from the calibration set, among the windows neither the calibration nor the selection took."""
+    from the same data, so that the proxy ranks plans as the selection will, among the windows
+    neither the calibration (when the data is the calibration set) nor the selection took."""
     drawn = ((cfg.calib_windows, cfg.seed),)
-    select = selection_windows(tokenizer, cfg.select or cfg.calib, cfg.select_windows, cfg.seqlen, cfg.seed,
-                               cfg.calib, drawn)
+    select = selection_windows(tokenizer, cfg.select, cfg.select_windows, cfg.seqlen, cfg.seed, cfg.calib, drawn)
     if not cfg.searched:
         return select, select[:0]
-    windows = tokenize_windows(tokenizer, load_documents(cfg.calib), cfg.seqlen)
-    used = set(sample_indices(len(windows), cfg.calib_windows, cfg.seed).tolist())
+    windows = tokenize_windows(tokenizer, load_documents(cfg.select), cfg.seqlen)
+    used = set(sample_indices(len(windows), cfg.calib_windows, cfg.seed).tolist()) if cfg.select == cfg.calib else set()
     free = [i for i in range(len(windows)) if i not in used]
-    if (cfg.select or cfg.calib) == cfg.calib:
-        taken = set(torch.tensor(free)[sample_indices(len(free), cfg.select_windows, cfg.seed)].tolist())
-        free = [i for i in free if i not in taken]
+    taken = set(torch.tensor(free)[sample_indices(len(free), cfg.select_windows, cfg.seed)].tolist())
+    free = [i for i in free if i not in taken]
     if len(free) < cfg.proxy_windows:
-        raise UserError(f"{cfg.calib} gives {len(windows)} windows; after the calibration and selection windows only "
-                        f"{len(free)} are left for the search's proxy, not {cfg.proxy_windows}: lower --proxy-windows "
-                        "or --calib-windows")
+        raise UserError(f"{cfg.select} gives {len(windows)} windows; after the calibration and selection windows only "
+                        f"{len(free)} are left for the search's proxy, not {cfg.proxy_windows}: lower --proxy-windows, "
+                        "--select-windows or --calib-windows")
     return select, windows[torch.tensor(free)[sample_indices(len(free), cfg.proxy_windows, cfg.seed + 1)]]

@@ -1,9 +1,12 @@
 """One structured search from start to finalists, and its files: what ``autoprune shrink --search`` runs.
 
 Dense statistics once (``proxy.OneShot``), the space from the Planner's widths and Block
-Influence order, under a target the latency model that fits each plan's channels to the speed
-boundary (``latency``), the strategy's trials (``search.run_trials``), the finalists timed again. The
-caller shrinks the finalists for real (``speedup.select_plan``) and chooses.
+Influence order, the families' least-removal plans (``Planner.candidates``: the known recipes,
+uniform width and ShortGPT's blocks among them) as the first trials, under a target the latency
+model that fits each plan's channels to the speed boundary (``latency``, fitted on the families'
+timings too), the strategy's trials (``search.run_trials``), the finalists timed again and the
+families beside them. The caller shrinks the finalists for real (``speedup.select_plan``) and
+chooses.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def search_plans(model: nn.Module, planner: Planner, calib: Tensor, proxy: Tenso
     ``UserError`` when no trial reaches the target. ``oneshot``: the proxy, when already built."""
     oneshot = oneshot or OneShot(model, calib, proxy, s.importance, s.reconstruct, s.damp, s.batch_size)
     space = Space.of(planner.layout, planner.channel_removals, oneshot.block_order())
+    seeds = [Candidate(c.family, space.plan(c.plan.blocks, c.plan.kv_groups, c.plan.channels), c.speedup)
+             for c in families(planner, s.target)]
     max_blocks, channels_for = None, None
     if not s.pareto:  # plans on the speed boundary (see latency): channels fitted, no more blocks than needed
         latency = LatencyModel(model, planner.layout)
@@ -78,14 +83,23 @@ def search_plans(model: nn.Module, planner: Planner, calib: Tensor, proxy: Tenso
             on_trial(trial)
 
     trials = run_trials(strategy, lambda p: (planner.speedup(p), planner.tokens_per_second(p)[1]), oneshot.loss,
-                        s.target, s.trials, score_all=s.pareto, on_trial=seen)
+                        s.target, s.trials, score_all=s.pareto, on_trial=seen, seeds=seeds)
     bar.close()
-    cands = finalists(trials, s.finalists, s.target, planner.confirm, s.strategy, s.pareto)
+    cands = finalists(trials, s.finalists, s.target, planner.confirm, s.strategy, s.pareto, seeds)
     if not cands:
         best = max(t.speedup for t in trials)
         raise UserError(f"none of the {len(trials)} {s.strategy} trials reached a measured decode speed-up of "
                         f"{s.target:g}x (the fastest measured {best:.2f}x): raise --trials or lower --speedup")
     return Searched(tuple(cands), tuple(trials), tuple(pareto_front(trials)), tuple(oneshot.influence), space)
+
+
+def families(planner: Planner, target: float) -> list[Candidate]:
+    """Each family's least-removal plan reaching ``target`` (none when no family reaches it: a
+    search may still find a plan that does)."""
+    try:
+        return planner.candidates(target)
+    except UserError:
+        return []
 
 
 def write_trials(path: Path, trials: list[Trial], layout: Layout) -> Path:

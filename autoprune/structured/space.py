@@ -76,6 +76,8 @@ class Space:
         for move in rng.sample(moves, k=min(len(moves), rng.choice((1, 1, 2)))):
             kept = [b for b in self.order if b not in drop]
             if move == "swap":
+                if not 0 < len(drop) < lay.blocks:  # the other move emptied or filled the set
+                    continue
                 drop.remove(rng.choice(sorted(drop)))
                 drop.add(rng.choice(kept))
             elif move == "depth":

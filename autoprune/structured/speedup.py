@@ -11,9 +11,10 @@ ordered by removal, along which speed grows:
     mixed        half the blocks the depth plan drops, then MLP channels
 
 Bisection finds on each path the least removal whose measured speed-up reaches the target (about
-log2 of the path's length measurements, cached per plan), and a fresh measurement confirms it (on
-a shared machine one measurement can be lucky); a family whose largest plan falls short has no
-candidate, and a target no plan at all reaches is refused. ``select_plan`` then
+log2 of the path's length measurements, cached per plan), and fresh measurements confirm it: the
+plan was found because its measurement reached the target, so that measurement is biased up (one
+timing on a CPU moves by 5% or more), and only measurements that chose nothing judge it. A family
+whose largest plan falls short has no candidate, and a target no plan at all reaches is refused. ``select_plan`` then
 shrinks each candidate for real (calibrated, reconstructed) and keeps the one with the lowest
 perplexity on calibration-side windows.
 """
@@ -38,6 +39,7 @@ from autoprune.structured.surgery import apply_config, config_changes, drop_bloc
 
 # cheap (a plan in seconds), and at the context length of the reported decode (128-token prompts)
 SEARCH_PROBE = Probe(batch=1, prompt=128, new_tokens=16, repeats=3, min_seconds=1.0)
+CONFIRMATIONS = 2  # fresh measurements that confirm a chosen plan's speed-up
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,9 @@ def cut(model: nn.Module, layout: Layout, plan: Plan) -> nn.Module:
 def frontier(path: list[Plan], speedup: Callable[[Plan], float], target: float,
              confirm: Callable[[Plan], float] | None = None) -> tuple[Plan, float] | None:
     """The first plan of ``path`` (ordered by removal) whose speed-up reaches ``target``, by
-    bisection; None when its last plan falls short. With ``confirm`` (a fresh measurement averaged
-    with the earlier ones), a plan a noisy measurement let through must reach the target again, or
-    the next plan is tried."""
+    bisection, and its speed-up; None when its last plan falls short. With ``confirm`` (fresh
+    measurements), a plan a noisy measurement let through must reach the target on them, or the
+    next plan is tried; the speed-up returned is then the confirmed one."""
     if speedup(path[-1]) < target:
         return None
     lo, hi = -1, len(path) - 1  # path[hi] reaches the target
@@ -79,11 +81,13 @@ def frontier(path: list[Plan], speedup: Callable[[Plan], float], target: float,
             hi = mid
         else:
             lo = mid
-    while confirm is not None and confirm(path[hi]) < target:
+    if confirm is None:
+        return path[hi], speedup(path[hi])
+    while (up := confirm(path[hi])) < target:
         if hi == len(path) - 1:
             return None
         hi += 1
-    return path[hi], speedup(path[hi])
+    return path[hi], up
 
 
 class Planner:
@@ -102,15 +106,19 @@ class Planner:
         """The mean of the measurements of the plan's shape (one, taken now, if there are none yet);
         which blocks a plan drops does not change its speed."""
         if plan.shape not in self.measured:
-            self.confirm(plan)
+            self._measure(plan)
         return statistics.mean(self.measured[plan.shape])
 
     def confirm(self, plan: Plan) -> float:
-        """One more measurement of ``plan``'s shape; the mean of all of them."""
+        """The mean of ``CONFIRMATIONS`` fresh measurements of ``plan``'s shape (kept with the
+        others), to judge a plan that earlier measurements chose."""
+        return statistics.mean(self._measure(plan) for _ in range(CONFIRMATIONS))
+
+    def _measure(self, plan: Plan) -> float:
         s, dense, shrunk = decode_speedup(self.model, cut(self.model, self.layout, plan.shape), self.probe)
         self.measured.setdefault(plan.shape, []).append(s)
         self.rates.setdefault(plan.shape, []).append((dense, shrunk))
-        return statistics.mean(self.measured[plan.shape])
+        return s
 
     def tokens_per_second(self, plan: Plan) -> tuple[float, float]:
         """(dense, shrunk) decode tokens/s of the plan's shape, means of its measurements (batch 1)."""

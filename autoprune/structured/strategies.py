@@ -13,7 +13,8 @@
             Single objective only.
 
 Under a target the MLP channels are fitted to the depth and heads (``channels_for``, see
-``latency``) rather than searched; the search does not run the families' bisections.
+``latency``) rather than searched. ``enqueue(plan)`` makes a known plan the next one asked (the
+families' plans start every search: Optuna's ``enqueue_trial``, evolution's first parents).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Strategy(Protocol):
 
     def tell(self, plan: Plan, speedup: float, loss: float | None) -> None: ...
 
+    def enqueue(self, plan: Plan) -> None:
+        """Ask ``plan`` before any plan of the strategy's own (first in, first out)."""
+
 
 class OptunaStrategy:
     """TPE or NSGA-II through an in-memory Optuna study: a count of blocks (Block Influence order),
@@ -53,16 +57,31 @@ class OptunaStrategy:
             smp = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(16, trials // 4)))
         self.study = optuna.create_study(directions=["minimize", "maximize"] if pareto else ["minimize"], sampler=smp)
         self._open: dict[Plan, list] = {}
+        self._queue: list[Plan] = []
+
+    def enqueue(self, plan: Plan) -> None:
+        """The plan's numbers become the trial's fixed parameters (``plan.drop`` and, under a target,
+        ``plan.channels`` as given)."""
+        s = self.space
+        self.max_blocks = max(self.max_blocks, plan.blocks)
+        params = {"blocks": plan.blocks, "kv": s.kv.index(plan.kv_groups)}
+        if self.channels_for is None:
+            params["channels"] = s.channels.index(plan.channels)
+        self.study.enqueue_trial(params, skip_if_exists=False)
+        self._queue.append(plan)
 
     def ask(self) -> Plan:
         t = self.study.ask()
         s = self.space
         blocks = t.suggest_int("blocks", 0, self.max_blocks)
         kv = t.suggest_int("kv", 0, len(s.kv) - 1)
-        if self.channels_for is not None:
+        channels = None if self.channels_for is not None else t.suggest_int("channels", 0, len(s.channels) - 1)
+        if self._queue:
+            plan = self._queue.pop(0)
+        elif channels is None:
             plan = s.plan(blocks, s.kv[kv], self.channels_for(blocks, s.kv[kv]))
         else:
-            plan = s.decode(blocks, kv, t.suggest_int("channels", 0, len(s.channels) - 1))
+            plan = s.decode(blocks, kv, channels)
         self._open.setdefault(plan, []).append(t)
         return plan
 
@@ -88,6 +107,10 @@ class Evolution:
         self.pool: list[tuple[Plan, float, float]] = []  # (plan, speed-up, loss) survivors
         self.seen: set[Plan] = set()
         self.asked = 0
+        self._queue: list[Plan] = []
+
+    def enqueue(self, plan: Plan) -> None:
+        self._queue.append(plan)
 
     def _key(self, item: tuple[Plan, float, float]) -> tuple:
         _, speedup, loss = item
@@ -95,6 +118,10 @@ class Evolution:
 
     def ask(self) -> Plan:
         self.asked += 1
+        if self._queue:
+            plan = self._queue.pop(0)
+            self.seen.add(plan)
+            return plan
         for _ in range(20):  # a new plan if one is found quickly
             if self.asked <= self.population or not self.pool:
                 plan = self.space.random(self.rng, self.max_blocks, self.channels_for)
