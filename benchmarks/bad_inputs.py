@@ -79,6 +79,10 @@ CASES = [
     ([*SHRINK], "nothing to remove"),
     ([*SHRINK, "--speedup", "1.5", "--blocks", "1"], "a speed-up and a plan at once"),
     ([*SHRINK, "--speedup", "1.5", "--trials", "0"], "zero trials"),
+    ([*SHRINK, "--speedup", "1.5", "--select", "tinystories:30-60", "--eval", "tinystories:30-60"],
+     "chosen on the data reported on"),
+    ([*SHRINK[:-1], "interrupted", "--speedup", "1.5"], "resume under other settings"),
+    ([*SHRINK[:-1], "damaged", "--speedup", "1.5"], "a damaged search journal"),
     (["shrink", "--model", "gpt2", "--heads", "0.5", "--out", "o"], "heads GPT-2's fused attention lacks"),
     (["shrink", "--model", "gpt2", "--channels", "0.5", "--out", "o"], "channels of an ungated MLP"),
     (["frobnicate"], "unknown command"),
@@ -99,6 +103,10 @@ def prepare(d: Path) -> None:
     (d / "badspaces").mkdir()
     (d / "badspaces" / "gp.yaml").write_text("population: [8\n")
     (d / "policy.json").write_text('{"metric": "wanda", "sparsity": 0.5, "allocation": "owl"}\n')
+    for name, line in (("interrupted", '{"kind": "facts", "facts": {"model": "stories260K", "calib_windows": 99}}'),
+                       ("damaged", "\x00\x01 not a journal")):  # search.jsonl of structured.journal
+        (d / name).mkdir()
+        (d / name / "search.jsonl").write_text(line + "\n")
 
 
 def tiny_gpt2(d: Path) -> None:

@@ -8,8 +8,9 @@ For each target speed-up (this machine, batch 1, decode timed on copies cut to e
                    selection data; the ``--finalists`` best by proxy, timed again, and the families'
                    plans shrunk for real (sequential, ``--importance``, least squares) and the lowest
                    selection perplexity kept (``autoprune shrink --speedup``);
-  family-selected  the families' least-removal plans (depth, width, width+heads, mixed), the lowest
-                   selection perplexity kept (``autoprune shrink --search families``);
+  family-selected  the families' least-removal plans (depth, width, width+heads, mixed; found by
+                   bisection as the search starts, its seeds), the lowest selection perplexity kept
+                   (``autoprune shrink --search families``);
   uniform width    the better of width and width+heads on the selection windows;
   blocks only      the depth family: ShortGPT, the lowest Block Influence blocks dropped.
 
@@ -42,7 +43,7 @@ def main() -> None:
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--select", default=None, help="data the proxy scores on and the finalists and baselines are "
                     "chosen on (default: as shrink)")
-    ap.add_argument("--select-windows", type=int, default=8)
+    ap.add_argument("--select-windows", type=int, default=16)  # as shrink
     ap.add_argument("--eval", default="wikitext2")
     ap.add_argument("--eval-windows", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)
@@ -64,7 +65,6 @@ def main() -> None:
     from autoprune.structured import Importance, Planner, Probe, measure, parameters, shrink_model
     from autoprune.structured.driver import SearchSettings, search_plans
     from autoprune.structured.proxy import OneShot
-    from autoprune.structured.speedup import Candidate
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -111,8 +111,7 @@ def main() -> None:
         feasible = sum(t.feasible for t in found.trials)
         print(f"  {target:g}x  search: {len(found.trials)} trials ({feasible} feasible) in {t_search:.0f} s, "
               f"{t_search / len(found.trials):.1f} s a trial", flush=True)
-        fams = [Candidate(c.family, found.space.plan(c.plan.blocks, c.plan.kv_groups, c.plan.channels), c.speedup)
-                for c in planner.candidates(target)]  # timed during the search; the blocks named as there
+        fams = found.seeds  # the families' plans, found by bisection as the search started
         for c in fams:
             print(f"  {target:g}x  {c.family:<12} {c.plan.describe(lay):<58} measured {c.speedup:.2f}x  "
                   f"proxy ppl {oneshot.loss(c.plan):8.2f}  selection ppl {real(c.plan):8.2f}", flush=True)

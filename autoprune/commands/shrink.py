@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
                    "query heads) removed from every kept block")
     p.add_argument("--channels", type=float, default=0.0, help="fraction of MLP channels removed from every kept block")
     p.add_argument("--speedup", type=float, help="instead of a plan: the plan that reaches this measured decode "
-                   "speed-up on this machine with the lowest calibration-side perplexity, found by --search")
+                   "speed-up on this machine with the lowest selection perplexity, found by --search")
     p.add_argument("--search", default="tpe", help="how --speedup finds the plan: tpe (default) or nsga2 search the "
                    "blocks dropped (Block Influence order) and the heads removed, evo also which blocks, the channels "
                    "fitted to the speed boundary; each trial timed and scored by a cheap proxy. families: the "
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
               f"{cfg.speedup:g}x, {len(res.front)} on the Pareto front; trials in {res.out / 'trials.csv'}, "
               f"MLflow {cfg.tracking_uri}")
     if res.candidates:
-        cands = Table(title="plans reaching the speed-up (chosen on calibration-side perplexity)")
+        cands = Table(title=f"plans reaching the speed-up (chosen on {cfg.select})")
         for col in ("family", "plan", "decode speed-up", "selection ppl"):
             cands.add_column(col, justify="right")
         for sel in res.candidates:

@@ -5,20 +5,24 @@ the plan is found (``search``):
 
 - ``tpe`` (default), ``nsga2``, ``evo``: a search over which blocks go and the uniform widths
   (``structured.space``), each trial's speed-up measured on this machine and its quality scored by a
-  one-shot proxy on a few calibration-side windows (``structured.search``, ``structured.proxy``);
+  one-shot proxy on a few windows of the selection data (``structured.search``, ``structured.proxy``);
   plans short of the target are infeasible. With ``pareto`` the search maps the front of proxy
   perplexity against measured speed-up instead (``pareto.csv``) and the model saved is the front's
   best plan at the target. Logged to MLflow (a run per trial) and to ``trials.csv`` / ``pareto.png``.
+  The families' plans (below) are its first trials and always among its finalists.
 - ``families``: each family's least-removal plan (depth, width, width+heads, mixed) found by
   bisection (``structured.speedup``).
 
 Either way the finalists are shrunk for real and the one with the lowest perplexity on the
-selection windows (calibration side) is saved.
+selection windows (``select``: by default WikiText-2's validation split, never the evaluation
+data) is saved.
 """
 
 from __future__ import annotations
 
 import json
+import platform
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,8 +39,9 @@ from autoprune.structured import (Importance, Plan, Planner, ShrinkReport, dense
                                   shrink_model)
 from autoprune.structured.layout import Layout, check_plan, require
 from autoprune.structured.driver import SearchSettings, search_plans, write_trials
+from autoprune.structured.journal import JOURNAL_FILE, Journal
 from autoprune.structured.search import Trial
-from autoprune.structured.speedup import Selected
+from autoprune.structured.speedup import SEARCH_PROBE, Selected
 
 SHRINK_FILE = "autoprune_shrink.json"
 TRIALS_FILE = "trials.csv"
@@ -80,7 +85,8 @@ class ShrinkConfig(Config):
         self.out = Path(self.out)
         check_out(self.out)
         check_positive(self, "calib_windows", "select_windows", "batch_size", "eval_windows")
-        if self.out.exists() and any(self.out.iterdir()) and not (self.out / SHRINK_FILE).is_file():
+        if self.out.exists() and any(self.out.iterdir()) and not any((self.out / f).is_file()
+                                                                     for f in (SHRINK_FILE, JOURNAL_FILE)):
             raise UserError(f"{self.out}: exists and is not an autoprune shrink folder; choose another --out")
         if not isinstance(self.blocks, int) or self.blocks < 0:
             raise UserError(f"--blocks must be a whole number of blocks, at least 0, got {self.blocks}")
@@ -122,6 +128,14 @@ class ShrinkConfig(Config):
     def searched(self) -> bool:
         return self.speedup is not None and self.search != "families"
 
+    def facts(self) -> dict:
+        """What a search's timings and proxy scores depend on (``structured.journal``): a rerun
+        under other values cannot reuse them."""
+        keys = ("model", "dtype", "device", "calib", "calib_windows", "select", "select_windows", "proxy_windows",
+                "seqlen", "seed", "importance", "reconstruct", "damp", "batch_size")
+        return {**{k: getattr(self, k) for k in keys}, "host": platform.node(), "threads": torch.get_num_threads(),
+                "probe": asdict(SEARCH_PROBE)}
+
     def search_settings(self) -> SearchSettings:
         return SearchSettings(self.search, self.speedup, self.trials, self.pareto, self.finalists, self.seed,
                               self.importance, self.reconstruct, self.damp, self.batch_size)
@@ -160,13 +174,17 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> ShrinkResult:
     lm = load_model(cfg.model, cfg.dtype, cfg.device)
     layout = discover(lm.model)
     plan = cfg.plan(layout) if cfg.speedup is None else None  # refuse a bad plan before the slow part
-    planner = Planner(lm.model)
+    journal = Journal(cfg.out, cfg.facts()) if cfg.searched else None  # an interrupted search's measurements
+    if journal is not None and journal.replayed and progress:
+        print(f"resuming the search in {cfg.out}: {journal.replayed} recorded measurements", file=sys.stderr)
+    planner = Planner(lm.model, journal=journal)
     if cfg.speedup is not None:
         planner.check_reachable(cfg.speedup)
     if cfg.searched:
         from autoprune.tracking import check_uri
 
         check_uri(cfg.tracking_uri)  # before the slow part
+        journal.start()
     candidates = planner.candidates(cfg.speedup) if cfg.speedup is not None and not cfg.searched else ()
     calib = calibration_windows(lm.tokenizer, cfg.calib, cfg.calib_windows, cfg.seqlen, cfg.seed)
     evalw = evaluation_windows(lm.tokenizer, cfg.eval, cfg.seqlen, cfg.eval_windows) if cfg.eval else None
@@ -180,12 +198,13 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> ShrinkResult:
     else:
         select, proxy = search_windows(lm.tokenizer, cfg)
         if cfg.searched:
-            tracker = open_tracker(cfg)
+            tracker = open_tracker(cfg, journal.replayed)
             try:
                 found = search_plans(lm.model, planner, calib, proxy, cfg.search_settings(),
-                                     lambda t: tracker.log_trial(t.row(layout), cfg.search), progress)
-            except UserError:  # no trial reached the target: the trials stay in the store
-                tracker.finish(None, {}, {}, [], status="FAILED")
+                                     lambda t: tracker.log_trial(t.row(layout), cfg.search), progress,
+                                     journal=journal)
+            except BaseException as e:  # the trials so far stay in the store (and their measurements in the folder)
+                tracker.finish(None, {}, {}, [], status="FAILED" if isinstance(e, UserError) else "KILLED")
                 raise
             candidates, influence, trials, front = found.candidates, list(found.influence), found.trials, found.front
         else:
@@ -210,11 +229,13 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> ShrinkResult:
     return result
 
 
-def open_tracker(cfg: ShrinkConfig):
+def open_tracker(cfg: ShrinkConfig, replayed: int = 0):
+    """The search's MLflow run; ``replayed``: measurements a resumed search read back (tagged)."""
     from autoprune.structured.tracking import ShrinkTracker
     from autoprune.tracking import EXPERIMENT_PREFIX
 
-    return ShrinkTracker(cfg.tracking_uri, EXPERIMENT_PREFIX + cfg.experiment, cfg.to_dict())
+    tags = {"autoprune.replayed_measurements": str(replayed)} if replayed else None
+    return ShrinkTracker(cfg.tracking_uri, EXPERIMENT_PREFIX + cfg.experiment, cfg.to_dict(), tags)
 
 
 def write_search(cfg: ShrinkConfig, res: ShrinkResult, tracker) -> None:

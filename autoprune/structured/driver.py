@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from autoprune.errors import UserError
+from autoprune.structured.journal import Journal
 from autoprune.structured.latency import LatencyModel
 from autoprune.structured.layout import Layout
 from autoprune.structured.proxy import OneShot
@@ -47,7 +48,8 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class Searched:
-    candidates: tuple[Candidate, ...]  # the finalists, best proxy first, speed-ups confirmed
+    candidates: tuple[Candidate, ...]  # the finalists, best proxy first, speed-ups confirmed, then the seeds
+    seeds: tuple[Candidate, ...]  # the families' plans the search started from
     trials: tuple[Trial, ...]
     front: tuple[Trial, ...]
     influence: tuple[float, ...]  # the dense model's Block Influence on the calibration windows
@@ -56,10 +58,12 @@ class Searched:
 
 def search_plans(model: nn.Module, planner: Planner, calib: Tensor, proxy: Tensor, s: SearchSettings,
                  on_trial: Callable[[Trial], None] | None = None, progress: bool = False,
-                 oneshot: OneShot | None = None) -> Searched:
+                 oneshot: OneShot | None = None, journal: Journal | None = None) -> Searched:
     """Trials of ``s.strategy`` on ``model`` (timed by ``planner``, scored on ``proxy``) and their finalists;
-    ``UserError`` when no trial reaches the target. ``oneshot``: the proxy, when already built."""
+    ``UserError`` when no trial reaches the target. ``oneshot``: the proxy, when already built;
+    ``journal``: proxy scores recorded by an interrupted search (the planner holds its timings)."""
     oneshot = oneshot or OneShot(model, calib, proxy, s.importance, s.reconstruct, s.damp, s.batch_size)
+    loss = oneshot.loss if journal is None else (lambda plan: journal.score(plan, oneshot.loss))
     space = Space.of(planner.layout, planner.channel_removals, oneshot.block_order())
     seeds = [Candidate(c.family, space.plan(c.plan.blocks, c.plan.kv_groups, c.plan.channels), c.speedup)
              for c in families(planner, s.target)]
@@ -82,15 +86,18 @@ def search_plans(model: nn.Module, planner: Planner, calib: Tensor, proxy: Tenso
         if on_trial is not None:
             on_trial(trial)
 
-    trials = run_trials(strategy, lambda p: (planner.speedup(p), planner.tokens_per_second(p)[1]), oneshot.loss,
-                        s.target, s.trials, score_all=s.pareto, on_trial=seen, seeds=seeds)
-    bar.close()
+    try:
+        trials = run_trials(strategy, lambda p: (planner.speedup(p), planner.tokens_per_second(p)[1]), loss,
+                            s.target, s.trials, score_all=s.pareto, on_trial=seen, seeds=seeds)
+    finally:
+        bar.close()
     cands = finalists(trials, s.finalists, s.target, planner.confirm, s.strategy, s.pareto, seeds)
     if not cands:
         best = max(t.speedup for t in trials)
         raise UserError(f"none of the {len(trials)} {s.strategy} trials reached a measured decode speed-up of "
                         f"{s.target:g}x (the fastest measured {best:.2f}x): raise --trials or lower --speedup")
-    return Searched(tuple(cands), tuple(trials), tuple(pareto_front(trials)), tuple(oneshot.influence), space)
+    return Searched(tuple(cands), tuple(seeds), tuple(trials), tuple(pareto_front(trials)), tuple(oneshot.influence),
+                    space)
 
 
 def families(planner: Planner, target: float) -> list[Candidate]:

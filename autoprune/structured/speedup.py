@@ -16,7 +16,7 @@ plan was found because its measurement reached the target, so that measurement i
 timing on a CPU moves by 5% or more), and only measurements that chose nothing judge it. A family
 whose largest plan falls short has no candidate, and a target no plan at all reaches is refused. ``select_plan`` then
 shrinks each candidate for real (calibrated, reconstructed) and keeps the one with the lowest
-perplexity on calibration-side windows.
+perplexity on the selection windows (never the evaluation data).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from autoprune.errors import UserError
 from autoprune.evaluation import perplexity
 from autoprune.structured.apply import ShrinkReport, shrink_model
 from autoprune.structured.importance import Importance
+from autoprune.structured.journal import Journal, Timing
 from autoprune.structured.layout import Layout, Plan, discover
 from autoprune.structured.speed import Probe, decode_speedup
 from autoprune.structured.surgery import apply_config, config_changes, drop_blocks, remove_channels, remove_kv_groups
@@ -93,8 +94,11 @@ def frontier(path: list[Plan], speedup: Callable[[Plan], float], target: float,
 class Planner:
     """Measured speed-ups of plans of one model (cached), and each family's plan for a target."""
 
-    def __init__(self, model: nn.Module, probe: Probe = SEARCH_PROBE, align: int | None = None):
-        self.model, self.probe = model, probe
+    def __init__(self, model: nn.Module, probe: Probe = SEARCH_PROBE, align: int | None = None,
+                 journal: Journal | None = None):
+        """``journal``: timings recorded by an interrupted search, handed back before timing anew,
+        and the record of new ones."""
+        self.model, self.probe, self.journal = model, probe, journal
         self.layout = discover(model)
         self.measured: dict[Plan, list[float]] = {}  # plan shape -> speed-ups measured
         self.rates: dict[Plan, list[tuple[float, float]]] = {}  # plan shape -> (dense, shrunk) decode tokens/s
@@ -115,7 +119,13 @@ class Planner:
         return statistics.mean(self._measure(plan) for _ in range(CONFIRMATIONS))
 
     def _measure(self, plan: Plan) -> float:
-        s, dense, shrunk = decode_speedup(self.model, cut(self.model, self.layout, plan.shape), self.probe)
+        recorded = self.journal.next_timing(plan.shape) if self.journal is not None else None
+        if recorded is not None:
+            s, dense, shrunk = recorded.speedup, recorded.dense, recorded.shrunk
+        else:
+            s, dense, shrunk = decode_speedup(self.model, cut(self.model, self.layout, plan.shape), self.probe)
+            if self.journal is not None:
+                self.journal.timed(Timing(plan.shape, s, dense, shrunk))
         self.measured.setdefault(plan.shape, []).append(s)
         self.rates.setdefault(plan.shape, []).append((dense, shrunk))
         return s
@@ -172,7 +182,7 @@ class Planner:
 @dataclass(frozen=True)
 class Selected:
     candidate: Candidate
-    loss: float  # perplexity on the calibration-side selection windows
+    loss: float  # perplexity on the selection windows
     report: ShrinkReport
 
 

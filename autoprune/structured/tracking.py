@@ -20,7 +20,7 @@ class ShrinkTracker:
     the Pareto plot). Its runs are not ``candidate`` runs: the leaderboard of pruning policies
     does not list them."""
 
-    def __init__(self, uri: str, experiment: str, params: dict):
+    def __init__(self, uri: str, experiment: str, params: dict, tags: dict[str, str] | None = None):
         from mlflow.entities import Param
 
         self.client = _client(uri)
@@ -28,7 +28,7 @@ class ShrinkTracker:
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             experiment, artifact_location=_artifact_root(uri, experiment))
         run = self.client.create_run(self.experiment_id, run_name=experiment.removeprefix(EXPERIMENT_PREFIX),
-                                     tags={"autoprune.kind": "shrink-search"})
+                                     tags={"autoprune.kind": "shrink-search", **(tags or {})})
         self.parent_run_id = run.info.run_id
         self.client.log_batch(self.parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         self.run_ids: dict[int, str] = {}

@@ -12,9 +12,10 @@ from autoprune.cli import main
 from autoprune.structured import Plan, Planner, Probe, discover
 from autoprune.structured.layout import check_plan
 from autoprune.structured.proxy import OneShot
-from autoprune.structured.search import Trial, pareto_front, run_trials
+from autoprune.structured.search import Trial, finalists, pareto_front, run_trials
 from autoprune.structured.space import Space
-from autoprune.structured.strategies import make_strategy
+from autoprune.structured.speedup import Candidate
+from autoprune.structured.strategies import STRATEGIES, make_strategy
 from autoprune.structured.surgery import config_changes
 from tests.cli_check import one_line_error
 
@@ -104,29 +105,120 @@ def test_same_seed_same_trials(oneshot, space, strategy, pareto):
     assert plans(0) == first and plans(1) != first
 
 
-def test_cli_search_writes_trials_front_and_mlflow_runs(tmp_path, capsys):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("fitted", [False, True])
+def test_the_families_plans_start_every_search_and_stay_finalists(oneshot, space, strategy, fitted):
+    """The known recipes' plans are the first trials, as given (channels too when the strategy fits
+    its own), and every one still feasible on fresh timing competes in the final selection,
+    however the proxy ranks it."""
+    width, depth, short = (Candidate("width", space.plan(0, 0, space.channels[-1]), 1.64),
+                           Candidate("depth", space.plan(3, 0, 0), 1.82),
+                           Candidate("mixed", space.plan(1, 0, space.channels[-2]), 1.51))
+    seeds = [width, depth, short]
+    loss = lambda p: 1.0 if p == short.plan else 10.0 + p.blocks + p.channels / 100  # the proxy prefers mixed
+    fit = (lambda blocks, kv: space.channels[len(space.channels) // 2]) if fitted else None
+    s = make_strategy(strategy, space, 1.5, False, 8, 0, channels_for=fit)
+    trials = run_trials(s, modelled_speed, loss, 1.5, 8, seeds=seeds)
+    assert [t.plan for t in trials[:3]] == [c.plan for c in seeds]
+    assert [t.origin for t in trials] == ["width", "depth", "mixed"] + [""] * 5
+    assert all(t.loss is not None for t in trials[:3])  # feasible under the modelled speed: scored
+
+    fresh = lambda p: 1.4 if p == short.plan else modelled_speed(p)[0]  # the mixed plan falls short when timed again
+    ranked = sorted((t for t in trials if t.loss is not None and fresh(t.plan) >= 1.5), key=lambda t: t.loss)
+    for k in (1, 3):
+        cands = finalists(trials, k, 1.5, fresh, strategy, seeds=seeds)
+        plans = [c.plan for c in cands]
+        assert len(plans) == len(set(plans)) and {width.plan, depth.plan} <= set(plans) and short.plan not in plans
+        assert plans[0] == ranked[0].plan and cands[0].family == (ranked[0].origin or strategy)
+    untried = finalists(trials[3:], 2, 1.5, fresh, strategy, seeds=seeds)  # seeds never tried are not finalists
+    assert untried == finalists(trials[3:], 2, 1.5, fresh, strategy)
+
+
+@pytest.mark.parametrize("select", [None, "tinystories:500-999"])
+def test_the_proxy_scores_other_windows_of_the_selection_data(tmp_path, stories, select):
+    """Proxy and selection windows come from the same data (the proxy ranks plans as the selection
+    will), never overlap, and never take a calibration window; real models choose on
+    wikitext2-valid unless told, the TinyStories toys on their own unused windows."""
+    from autoprune.data import load_documents, tokenize_windows
+    from autoprune.jobs.common import calibration_windows
+    from autoprune.jobs.shrink import ShrinkConfig, search_windows
+
+    calib_set = "tinystories:0-499"
+    assert ShrinkConfig(model="stories260K", out=tmp_path / "o", speedup=1.3).select == "wikitext2-valid"  # C4
+    cfg = ShrinkConfig(model="stories260K", out=tmp_path / "o", speedup=1.3, calib=calib_set, calib_windows=8,
+                       select=select, select_windows=4, proxy_windows=3, seqlen=128)
+    assert cfg.select == (select or calib_set)
+    chosen, proxy = search_windows(stories.tokenizer, cfg)
+    rows = lambda w: {tuple(r.tolist()) for r in w}
+    source = rows(tokenize_windows(stories.tokenizer, load_documents(cfg.select), 128))
+    calibration = rows(calibration_windows(stories.tokenizer, calib_set, 8, 128, 0))
+    assert len(rows(chosen)) == 4 and len(rows(proxy)) == 3 and rows(chosen) | rows(proxy) <= source
+    assert not rows(chosen) & rows(proxy) and not (rows(chosen) | rows(proxy)) & calibration
+
+
+def test_cli_search_resumes_after_an_interrupt_and_logs_trials_front_and_runs(tmp_path, capsys, monkeypatch):
+    """Interrupted at its third proxy score, a search leaves its timings and scores in the folder; the
+    same command then retraces the same trials from them (identical measured speed-ups: nothing
+    timed anew) and finishes: trials.csv (the families' plans first), the front, the plot, and in
+    MLflow the interrupted run killed and the finished one with a run per trial and the choice.
+    Other settings are refused in one line; a torn last line is dropped."""
     from mlflow.tracking import MlflowClient
 
+    from autoprune.structured.journal import JOURNAL_FILE
+    from autoprune.structured.proxy import OneShot
+
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    assert main(["shrink", *ARGS, "--speedup", "1.05", "--search", "nsga2", "--pareto", "--trials", "3",
-                 "--finalists", "1", "--tracking-uri", uri, "--experiment", "t", "--out", str(out)]) == 0
+    argv = ["shrink", *ARGS, "--speedup", "1.05", "--search", "nsga2", "--pareto", "--trials", "6", "--finalists",
+            "1", "--tracking-uri", uri, "--experiment", "t", "--out", str(out)]
+    real_loss, calls = OneShot.loss, []
+
+    def interrupted(self, plan):
+        calls.append(plan)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(self, plan)
+
+    monkeypatch.setattr(OneShot, "loss", interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().endswith("autoprune: interrupted")
+    monkeypatch.setattr(OneShot, "loss", real_loss)
+    lines = (out / JOURNAL_FILE).read_text().splitlines()
+    assert '"facts"' in lines[0] and sum('"scored"' in line for line in lines) == 2
+    with open(out / JOURNAL_FILE, "a") as f:
+        f.write('{"kind": "tim')  # a torn line, as a kill mid-write leaves it
+    one_line_error(capsys, [*argv[:-2], "--calib-windows", "7", "--out", str(out)], "calib_windows=8")
+    assert main(argv) == 0
+    assert "resuming the search" in capsys.readouterr().err
+    assert all(line.endswith("}") for line in (out / JOURNAL_FILE).read_text().splitlines())
+
     rows = list(csv.DictReader(open(out / "trials.csv")))
-    assert [int(r["trial"]) for r in rows] == [0, 1, 2] and all(r["proxy_ppl"] for r in rows)  # --pareto scores all
-    front = list(csv.DictReader(open(out / "pareto.csv")))
-    assert front and (out / "pareto.png").stat().st_size > 0
+    assert [int(r["trial"]) for r in rows] == list(range(6)) and all(r["proxy_ppl"] for r in rows)  # --pareto scores all
+    assert rows[0]["seed"] and rows[1]["seed"]  # the families' plans came first
+    assert list(csv.DictReader(open(out / "pareto.csv"))) and (out / "pareto.png").stat().st_size > 0
+
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("autoprune/t")
-    parent = client.search_runs([exp.experiment_id], "tags.`autoprune.kind` = 'shrink-search'")
-    trials = client.search_runs([exp.experiment_id], "tags.`autoprune.kind` = 'shrink-trial'")
-    assert len(parent) == 1 and len(trials) == 3
-    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in trials)
+    killed, done = sorted(client.search_runs([exp.experiment_id], "tags.`autoprune.kind` = 'shrink-search'"),
+                          key=lambda r: r.info.start_time)
+    assert killed.info.status == "KILLED" and done.info.status == "FINISHED"
+    assert int(done.data.tags["autoprune.replayed_measurements"]) >= len(lines) - 1
+
+    def trials(parent):
+        runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert all(r.data.tags["autoprune.kind"] == "shrink-trial" for r in runs)
+        return runs, {int(r.data.tags["autoprune.shrink_trial"]): (r.data.params["plan"], r.data.metrics["speedup"],
+                                                                     r.data.metrics.get("proxy_ppl")) for r in runs}
+
+    _, before = trials(killed)
+    runs, after = trials(done)
+    assert len(before) == 2 and len(after) == 6 and all(after[n] == before[n] for n in before)
     assert all({"speedup", "tokens_per_s", "proxy_ppl"} <= set(r.data.metrics) and "plan" in r.data.params
-               for r in trials)
-    chosen = [r for r in trials if r.data.tags.get("autoprune.chosen") == "true"]
-    assert len(chosen) == 1 and parent[0].data.tags["autoprune.chosen_run_id"] == chosen[0].info.run_id
-    artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+               for r in runs)
+    chosen = [r for r in runs if r.data.tags.get("autoprune.chosen") == "true"]
+    assert len(chosen) == 1 and done.data.tags["autoprune.chosen_run_id"] == chosen[0].info.run_id
+    artifacts = {a.path for a in client.list_artifacts(done.info.run_id)}
     assert {"trials.csv", "pareto.csv", "pareto.png", "autoprune_shrink.json"} <= artifacts
-    assert parent[0].info.status == "FINISHED" and parent[0].data.metrics["speedup"] >= 1.05
+    assert done.data.metrics["speedup"] >= 1.05
 
 
 def test_bad_search_input_exits_2_and_writes_nothing(tmp_path, capsys):
@@ -137,7 +229,9 @@ def test_bad_search_input_exits_2_and_writes_nothing(tmp_path, capsys):
            (["--channels", "0.5", "--trials", "3"], "pass --speedup"),
            (["--speedup", "1.5", "--search", "sgd"], "unknown --search"),
            (["--speedup", "1.5", "--finalists", "0"], "finalists must be positive"),
-           (["--speedup", "50", "--trials", "3"], "out of reach")]
+           (["--speedup", "50", "--trials", "3"], "out of reach"),
+           (["--speedup", "1.5", "--select", "tinystories:500-999", "--eval", "tinystories:500-999"],
+            "chosen on other data")]
     for argv, match in bad:
         one_line_error(capsys, ["shrink", *ARGS, *argv, "--tracking-uri", uri, "--out", str(out)], match)
     assert not out.exists()
