@@ -197,20 +197,22 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> ShrinkResult:
         model = lm.model
     else:
         select, proxy = search_windows(lm.tokenizer, cfg)
-        if cfg.searched:
-            tracker = open_tracker(cfg, journal.replayed)
-            try:
+        tracker = open_tracker(cfg, journal.replayed) if cfg.searched else None
+        try:
+            if cfg.searched:
                 found = search_plans(lm.model, planner, calib, proxy, cfg.search_settings(),
                                      lambda t: tracker.log_trial(t.row(layout), cfg.search), progress,
                                      journal=journal)
-            except BaseException as e:  # the trials so far stay in the store (and their measurements in the folder)
+                candidates, influence, trials, front = (found.candidates, list(found.influence), found.trials,
+                                                        found.front)
+            else:
+                influence = dense_block_influence(lm.model, calib, cfg.batch_size) if layout.blocks > 1 else None
+            model, chosen = select_plan(lm.model, list(candidates), calib, select, importance, cfg.reconstruct,
+                                        cfg.damp, cfg.batch_size, influence, progress)
+        except BaseException as e:  # the trials so far stay in the store (and their measurements in the folder)
+            if tracker is not None:
                 tracker.finish(None, {}, {}, [], status="FAILED" if isinstance(e, UserError) else "KILLED")
-                raise
-            candidates, influence, trials, front = found.candidates, list(found.influence), found.trials, found.front
-        else:
-            influence = dense_block_influence(lm.model, calib, cfg.batch_size) if layout.blocks > 1 else None
-        model, chosen = select_plan(lm.model, list(candidates), calib, select, importance, cfg.reconstruct, cfg.damp,
-                                    cfg.batch_size, influence, progress)
+            raise
         best = min(chosen, key=lambda s: s.loss)
         plan, report, speedup, family = best.candidate.plan, best.report, best.candidate.speedup, best.candidate.family
         scored = tuple(chosen)

@@ -102,6 +102,7 @@ class Planner:
         self.layout = discover(model)
         self.measured: dict[Plan, list[float]] = {}  # plan shape -> speed-ups measured
         self.rates: dict[Plan, list[tuple[float, float]]] = {}  # plan shape -> (dense, shrunk) decode tokens/s
+        self.confirmations: dict[Plan, list[float]] = {}  # plan shape -> the speed-ups ``confirm`` measured
         c = self.layout.channels
         self.align = align or (32 if c >= 512 else 4)
         self.channel_removals = [c - k for k in range((c - 1) // self.align * self.align, 0, -self.align)]
@@ -114,9 +115,12 @@ class Planner:
         return statistics.mean(self.measured[plan.shape])
 
     def confirm(self, plan: Plan) -> float:
-        """The mean of ``CONFIRMATIONS`` fresh measurements of ``plan``'s shape (kept with the
-        others), to judge a plan that earlier measurements chose."""
-        return statistics.mean(self._measure(plan) for _ in range(CONFIRMATIONS))
+        """``CONFIRMATIONS`` fresh measurements of ``plan``'s shape, to judge a plan that earlier
+        measurements chose: the mean of every confirming measurement of the shape so far (a plan
+        confirmed twice, as a family's plan and as a finalist, is judged on both)."""
+        fresh = [self._measure(plan) for _ in range(CONFIRMATIONS)]
+        self.confirmations.setdefault(plan.shape, []).extend(fresh)
+        return statistics.mean(self.confirmations[plan.shape])
 
     def _measure(self, plan: Plan) -> float:
         recorded = self.journal.next_timing(plan.shape) if self.journal is not None else None

@@ -95,6 +95,18 @@ def test_search_meets_the_measured_speedup(stories, calib, oneshot, strategy):
     assert next(t.loss for t in found.trials if t.plan == found.candidates[0].plan) == best
 
 
+def test_confirmations_are_fresh_and_accumulate_per_shape(stories):
+    import statistics
+
+    planner = Planner(stories.model, FAST)
+    chosen = planner.speedup(Plan(1))  # the measurement a search chose the plan by
+    first = planner.confirm(Plan(1))
+    second = planner.confirm(Plan(1, 0, 0, (2,)))  # the same shape, other blocks: the same timing
+    fresh = planner.confirmations[Plan(1)]
+    assert len(fresh) == 4 and planner.measured[Plan(1)] == [chosen, *fresh]
+    assert first == pytest.approx(statistics.mean(fresh[:2])) and second == pytest.approx(statistics.mean(fresh))
+
+
 @pytest.mark.parametrize("strategy,pareto", [("tpe", False), ("nsga2", True), ("evo", False)])
 def test_same_seed_same_trials(oneshot, space, strategy, pareto):
     def plans(seed):
