@@ -4,6 +4,7 @@ seed, MLflow runs in a temporary store, and bad input."""
 
 import csv
 import random
+import statistics
 
 import pytest
 import torch
@@ -89,15 +90,14 @@ def test_search_meets_the_measured_speedup(stories, calib, oneshot, strategy):
     for t in found.trials:
         assert t.feasible == (t.speedup >= target) and (t.loss is None) == (not t.feasible)
     assert found.candidates
-    for c in found.candidates:  # timed again: the mean of every measurement of the shape still reaches the target
-        assert c.speedup >= target and planner.speedup(c.plan) >= target and len(planner.measured[c.plan.shape]) >= 2
-    best = min(t.loss for t in found.trials if t.feasible and planner.speedup(t.plan) >= target)
+    confirmed = lambda plan: statistics.mean(planner.confirmations.get(plan.shape, [target]))
+    for c in found.candidates:  # timed again: the fresh timings of the shape still reach the target
+        assert c.speedup >= target and confirmed(c.plan) >= target and len(planner.confirmations[c.plan.shape]) >= 2
+    best = min(t.loss for t in found.trials if t.feasible and confirmed(t.plan) >= target)
     assert next(t.loss for t in found.trials if t.plan == found.candidates[0].plan) == best
 
 
 def test_confirmations_are_fresh_and_accumulate_per_shape(stories):
-    import statistics
-
     planner = Planner(stories.model, FAST)
     chosen = planner.speedup(Plan(1))  # the measurement a search chose the plan by
     first = planner.confirm(Plan(1))
@@ -205,7 +205,8 @@ def test_cli_search_resumes_after_an_interrupt_and_logs_trials_front_and_runs(tm
 
     rows = list(csv.DictReader(open(out / "trials.csv")))
     assert [int(r["trial"]) for r in rows] == list(range(6)) and all(r["proxy_ppl"] for r in rows)  # --pareto scores all
-    assert rows[0]["seed"] and rows[1]["seed"]  # the families' plans came first
+    seeded = [r["seed"] for r in rows]  # the families' plans that reach 1.05x on this machine came first
+    assert seeded[0] and seeded == sorted(seeded, key=lambda f: not f)
     assert list(csv.DictReader(open(out / "pareto.csv"))) and (out / "pareto.png").stat().st_size > 0
 
     client = MlflowClient(uri)
