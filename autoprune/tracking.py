@@ -117,6 +117,39 @@ def finite_metrics(values: dict) -> list:
     return [Metric(k, float(v), now, 0) for k, v in values.items() if v not in (None, "") and math.isfinite(float(v))]
 
 
+def experiment_id(client, uri: str, name: str) -> str:
+    """The id of experiment ``name``, made (with its artifact root) when it is new."""
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=_artifact_root(uri, name))
+
+
+def create_parent_run(client, experiment: str, experiment_id: str, tags: dict, params: dict) -> str:
+    """A new top-level run named after the experiment, with ``params`` (values cut to MLflow's limit)."""
+    from mlflow.entities import Param
+
+    run = client.create_run(experiment_id, run_name=experiment.removeprefix(EXPERIMENT_PREFIX), tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+def close_run(client, run_id: str, artifacts: list[Path], status: str) -> None:
+    """The artifacts that exist logged, and the run ended with ``status``."""
+    for path in artifacts:
+        if Path(path).exists():
+            client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, status)
+
+
+@contextlib.contextmanager
+def store_warning(what: str):
+    """A store failing inside costs a warning naming ``what``, not the results: everything is in
+    the run folder, and the store is a view of it."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - see above
+        logging.getLogger("autoprune").warning("MLflow: %s failed (%s)", what, str(e).splitlines()[0][:160])
+
+
 def short_allocation(p: dict) -> str:
     """A policy's allocation in a few characters: uniform, owl(0.1), alpha(0.3), or explicit
     with the range of its block ratios."""
@@ -152,20 +185,15 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None, params: dict | None = None,
                  mode: str = "top"):
-        from mlflow.entities import Param
-
         if mode not in LOG_MODES:
             raise UserError(f"unknown --log-candidates {mode!r} (choose {', '.join(LOG_MODES)})")
         self.uri, self.mode = uri, mode
         self.client = _client(uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=_artifact_root(uri, experiment))
+        self.experiment_id = experiment_id(self.client, uri, experiment)
         if parent_run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=experiment.removeprefix(EXPERIMENT_PREFIX),
-                                         tags={"autoprune.kind": "search", "autoprune.log_candidates": mode})
-            parent_run_id = run.info.run_id
-            self.client.log_batch(parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()])
+            parent_run_id = create_parent_run(self.client, experiment, self.experiment_id,
+                                              {"autoprune.kind": "search", "autoprune.log_candidates": mode},
+                                              params or {})
         else:
             self.client.update_run(parent_run_id, status="RUNNING")
         self.parent_run_id = parent_run_id
@@ -324,17 +352,11 @@ class Tracker:
                 if "skipped" not in row and row["name"] != "dense":
                     self._queue.put(("recipe", row))
         self.flush(timeout=120)
-        try:
+        with store_warning("closing the search run"):
             self._metrics(self.parent_run_id, metrics)
             if winner is not None:
                 self._tag_winner(winner, recipes)
-            for path in artifacts:
-                if Path(path).exists():
-                    self.client.log_artifact(self.parent_run_id, str(path))
-            self.client.set_terminated(self.parent_run_id, status)
-        except Exception as e:  # noqa: BLE001 - everything is in the run folder; the store is a view of it
-            logging.getLogger("autoprune").warning("MLflow: closing the search run failed (%s)",
-                                                   str(e).splitlines()[0][:160])
+            close_run(self.client, self.parent_run_id, artifacts, status)
 
     def _tag_winner(self, winner: dict, recipes: list[dict]) -> None:
         key = winner.get("id", winner.get("name"))

@@ -114,7 +114,8 @@ def main() -> None:
         fams = found.seeds  # the families' plans, found by bisection as the search started
         for c in fams:
             print(f"  {target:g}x  {c.family:<12} {c.plan.describe(lay):<58} measured {c.speedup:.2f}x  "
-                  f"proxy ppl {oneshot.loss(c.plan):8.2f}  selection ppl {real(c.plan):8.2f}", flush=True)
+                  f"proxy ppl {proxy_of[c.plan] if c.plan in proxy_of else oneshot.loss(c.plan):8.2f}  "
+                  f"selection ppl {real(c.plan):8.2f}", flush=True)
         best = min(found.candidates, key=lambda c: real(c.plan))
         by = {c.family: c for c in fams}
         width = [by[f] for f in ("width", "width+heads") if f in by]

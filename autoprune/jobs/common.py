@@ -40,13 +40,19 @@ def selection_windows(tokenizer, spec: str, n: int, seqlen: int, seed: int, cali
     equal to ``calib``) only among the windows that no draw in ``drawn`` ((count, seed) pairs:
     the calibration and proxy windows, as ``calibration_windows`` drew them) took."""
     windows = tokenize_windows(tokenizer, load_documents(spec), seqlen)
+    return windows[selection_indices(len(windows), spec, n, seed, calib, drawn)]
+
+
+def selection_indices(total: int, spec: str, n: int, seed: int, calib: str,
+                      drawn: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """Which of the ``total`` windows of ``spec`` ``selection_windows`` takes."""
     if spec != calib:
-        return sample_windows(windows, n, seed)
+        return sample_windows(torch.arange(total), n, seed)
     used = set()
     for count, s in drawn:
-        used.update(sample_indices(len(windows), count, s).tolist())
-    free = torch.tensor([i for i in range(len(windows)) if i not in used], dtype=torch.long)
+        used.update(sample_indices(total, count, s).tolist())
+    free = torch.tensor([i for i in range(total) if i not in used], dtype=torch.long)
     if len(free) < n:
-        raise UserError(f"{spec} gives {len(windows)} windows; after {len(used)} calibration and proxy windows "
+        raise UserError(f"{spec} gives {total} windows; after {len(used)} calibration and proxy windows "
                         f"only {len(free)} are left for selection, not {n}: pass --select other data")
-    return windows[free[sample_indices(len(free), n, seed)]]
+    return free[sample_indices(len(free), n, seed)]

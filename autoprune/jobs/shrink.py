@@ -33,7 +33,7 @@ from autoprune.errors import UserError
 from autoprune.evaluation import perplexity
 from autoprune.data import load_documents, tokenize_windows
 from autoprune.data.windows import sample_indices
-from autoprune.jobs.common import calibration_windows, default_select, evaluation_windows, selection_windows
+from autoprune.jobs.common import calibration_windows, default_select, evaluation_windows, selection_indices
 from autoprune.models import load_model
 from autoprune.structured import (Importance, Plan, Planner, ShrinkReport, dense_block_influence, discover, select_plan,
                                   shrink_model)
@@ -268,17 +268,17 @@ def search_windows(tokenizer, cfg: ShrinkConfig) -> tuple[torch.Tensor, torch.Te
     """The selection windows (as ``selection_windows`` draws them) and the search's proxy windows:
     from the same data, so that the proxy ranks plans as the selection will, among the windows
     neither the calibration (when the data is the calibration set) nor the selection took."""
-    drawn = ((cfg.calib_windows, cfg.seed),)
-    select = selection_windows(tokenizer, cfg.select, cfg.select_windows, cfg.seqlen, cfg.seed, cfg.calib, drawn)
-    if not cfg.searched:
-        return select, select[:0]
     windows = tokenize_windows(tokenizer, load_documents(cfg.select), cfg.seqlen)
-    used = set(sample_indices(len(windows), cfg.calib_windows, cfg.seed).tolist()) if cfg.select == cfg.calib else set()
+    chosen = selection_indices(len(windows), cfg.select, cfg.select_windows, cfg.seed, cfg.calib,
+                               ((cfg.calib_windows, cfg.seed),))
+    if not cfg.searched:
+        return windows[chosen], windows[:0]
+    used = set(chosen.tolist())
+    if cfg.select == cfg.calib:
+        used.update(sample_indices(len(windows), cfg.calib_windows, cfg.seed).tolist())
     free = [i for i in range(len(windows)) if i not in used]
-    taken = set(torch.tensor(free)[sample_indices(len(free), cfg.select_windows, cfg.seed)].tolist())
-    free = [i for i in free if i not in taken]
     if len(free) < cfg.proxy_windows:
         raise UserError(f"{cfg.select} gives {len(windows)} windows; after the calibration and selection windows only "
                         f"{len(free)} are left for the search's proxy, not {cfg.proxy_windows}: lower --proxy-windows, "
                         "--select-windows or --calib-windows")
-    return select, windows[torch.tensor(free)[sample_indices(len(free), cfg.proxy_windows, cfg.seed + 1)]]
+    return windows[chosen], windows[torch.tensor(free)[sample_indices(len(free), cfg.proxy_windows, cfg.seed + 1)]]

@@ -1,8 +1,8 @@
 """The search's source of truth: an append-only JSONL journal and atomically replaced state files.
 
 Every event (``search.events``: a candidate submitted, its result, a phase ended, a validation)
-is one line, flushed and fsynced before anything else is told of it, so a ``kill -9`` loses at
-most the candidates still running. Strategy states are JSON files replaced atomically (write,
+is one line (``jsonl``), flushed and fsynced before anything else is told of it, so a ``kill -9``
+loses at most the candidates still running. Strategy states are JSON files replaced atomically (write,
 fsync, rename), each stamped with the number of journal events it reflects.
 """
 
@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from autoprune.errors import UserError
+from autoprune.jsonl import JsonLines
 from autoprune.search.events import Event, decode, encode
 
 
@@ -34,12 +35,12 @@ def read_json(path: Path, default=None):
 
 def read_events(path: Path) -> list[Event]:
     """The events of a journal, up to its last complete line (one a kill tore mid-write is not an event)."""
-    return _decode(Path(path).read_text() if Path(path).exists() else "", path)
+    return _decode(JsonLines(path).lines, path)
 
 
-def _decode(text: str, path: Path) -> list[Event]:
+def _decode(lines: list[str], path: Path) -> list[Event]:
     events = []
-    for n, line in enumerate(text[:text.rfind("\n") + 1].splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         try:
             events.append(decode(json.loads(line)))
         except (json.JSONDecodeError, UserError) as e:
@@ -52,19 +53,15 @@ class Journal:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        text = self.path.read_bytes() if self.path.exists() else b""
-        self.events: list[Event] = _decode(text[:text.rfind(b"\n") + 1].decode(), self.path)
-        if text and not text.endswith(b"\n"):  # drop a line torn by a kill mid-write, so the next one starts clean
-            with open(self.path, "r+b") as f:
-                f.truncate(text.rfind(b"\n") + 1)
-        self._file = open(self.path, "a")
+        self._lines = JsonLines(self.path)
+        self.events: list[Event] = _decode(self._lines.lines, self.path)
+        self._lines.cut_torn()
+        self._lines.open()
 
     def append(self, event: Event) -> Event:
-        self._file.write(json.dumps(encode(event)) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._lines.append(encode(event))
         self.events.append(event)
         return event
 
     def close(self) -> None:
-        self._file.close()
+        self._lines.close()

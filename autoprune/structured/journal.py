@@ -3,7 +3,7 @@
 A search's costly parts are facts about plans, whatever is searched for: the decode timings of a
 shape on this machine, and the proxy perplexity of a plan under the calibration and selection
 data. ``search.jsonl`` in the ``--out`` folder records each as it is measured (one JSON line,
-flushed and synced; a torn last line is dropped). A rerun into the same folder reads them back
+flushed and synced; a torn last line is dropped: ``autoprune.jsonl``). A rerun into the same folder reads them back
 and replays them: the Planner is handed a shape's recorded timings, in the order they were
 taken, before it times anything anew, and the proxy a plan's recorded score. The strategies are
 deterministic given their seed and what they are told, so a rerun with the same options retraces
@@ -18,12 +18,12 @@ line is written when the search starts timing for good, so a refused target leav
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoprune.errors import UserError
+from autoprune.jsonl import JsonLines
 from autoprune.structured.layout import Plan
 
 JOURNAL_FILE = "search.jsonl"
@@ -47,18 +47,16 @@ def _plan(d: dict) -> Plan:
     return Plan(int(d["blocks"]), int(d["kv_groups"]), int(d["channels"]), tuple(int(b) for b in d["drop"]))
 
 
-def encode(event: Timing | Scored) -> str:
+def encode(event: Timing | Scored) -> dict:
     p = event.shape if isinstance(event, Timing) else event.plan
     plan = {"blocks": p.blocks, "kv_groups": p.kv_groups, "channels": p.channels, "drop": list(p.drop)}
     if isinstance(event, Timing):
-        return json.dumps({"kind": "timing", "plan": plan, "speedup": event.speedup, "dense": event.dense,
-                           "shrunk": event.shrunk})
-    return json.dumps({"kind": "scored", "plan": plan, "loss": event.loss})
+        return {"kind": "timing", "plan": plan, "speedup": event.speedup, "dense": event.dense, "shrunk": event.shrunk}
+    return {"kind": "scored", "plan": plan, "loss": event.loss}
 
 
-def decode(line: str) -> Timing | Scored | dict:
+def decode(d: dict) -> Timing | Scored | dict:
     """An event, or the header's facts (a dict); ``ValueError``/``KeyError`` when damaged."""
-    d = json.loads(line)
     if d["kind"] == "facts":
         return dict(d["facts"])
     if d["kind"] == "timing":
@@ -74,20 +72,18 @@ class Journal:
 
     def __init__(self, folder: Path, facts: dict):
         self.path, self.facts = Path(folder) / JOURNAL_FILE, facts
+        self._file = JsonLines(self.path)
         self._timings: dict[Plan, list[Timing]] = defaultdict(list)
         self._scores: dict[Plan, float] = {}
-        self._waiting: list[str] = []
-        self._started = False
+        self._waiting: list[dict] = []
+        self._started = bool(self._file.lines)
         self.replayed = 0  # recorded facts read back
-        if self.path.is_file():
-            self._read()
+        self._read()
 
     def _read(self) -> None:
-        text = self.path.read_text()
-        complete = text.split("\n")[:-1]  # the text after the last newline is a torn line (or empty)
-        for n, line in enumerate(complete, 1):
+        for n, line in enumerate(self._file.lines, 1):
             try:
-                event = decode(line)
+                event = decode(json.loads(line))
                 if (n == 1) != isinstance(event, dict):
                     raise ValueError("the settings come first, once")
             except (ValueError, KeyError, TypeError) as e:
@@ -104,30 +100,23 @@ class Journal:
             else:
                 self._scores[event.plan] = event.loss
             self.replayed += not isinstance(event, dict)
-        if not text.endswith("\n"):  # cut the torn line, so that new lines do not run on from it
-            with open(self.path, "r+") as f:
-                f.truncate(len(text.encode()) - len(text.rpartition("\n")[2].encode()))
-        self._started = bool(complete)
+        self._file.cut_torn()
 
     def start(self) -> None:
         """The file from now on (with its header, and the facts measured so far)."""
         if self._started:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._started = True
-        self._append(json.dumps({"kind": "facts", "facts": self.facts}))
-        for line in self._waiting:
-            self._append(line)
+        self._append({"kind": "facts", "facts": self.facts})
+        for record in self._waiting:
+            self._append(record)
         self._waiting = []
 
-    def _append(self, line: str) -> None:
-        if not self._started:
-            self._waiting.append(line)
-            return
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    def _append(self, record: dict) -> None:
+        if self._started:
+            self._file.append(record)
+        else:
+            self._waiting.append(record)
 
     def next_timing(self, shape: Plan) -> Timing | None:
         """The shape's earliest recorded timing not yet handed back (None: time it anew)."""

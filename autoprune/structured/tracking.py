@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
-from autoprune.tracking import EXPERIMENT_PREFIX, _artifact_root, _client, finite_metrics
+from autoprune.tracking import _client, close_run, create_parent_run, experiment_id, finite_metrics, store_warning
 
 TRIAL_TAG = "autoprune.shrink_trial"
 
@@ -21,16 +20,10 @@ class ShrinkTracker:
     does not list them."""
 
     def __init__(self, uri: str, experiment: str, params: dict, tags: dict[str, str] | None = None):
-        from mlflow.entities import Param
-
         self.client = _client(uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=_artifact_root(uri, experiment))
-        run = self.client.create_run(self.experiment_id, run_name=experiment.removeprefix(EXPERIMENT_PREFIX),
-                                     tags={"autoprune.kind": "shrink-search", **(tags or {})})
-        self.parent_run_id = run.info.run_id
-        self.client.log_batch(self.parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        self.experiment_id = experiment_id(self.client, uri, experiment)
+        self.parent_run_id = create_parent_run(self.client, experiment, self.experiment_id,
+                                               {"autoprune.kind": "shrink-search", **(tags or {})}, params)
         self.run_ids: dict[int, str] = {}
         self.best = math.inf
 
@@ -57,7 +50,7 @@ class ShrinkTracker:
                status: str = "FINISHED") -> None:
         """``chosen``: the chosen trial's number; ``selection``: trial number -> selection perplexity
         of the finalists (logged on their runs)."""
-        try:
+        with store_warning("closing the shrink search run"):
             for n, ppl in selection.items():
                 if n in self.run_ids:
                     self.client.log_metric(self.run_ids[n], "select_ppl", float(ppl))
@@ -69,10 +62,4 @@ class ShrinkTracker:
             ms = finite_metrics(metrics)
             if ms:
                 self.client.log_batch(self.parent_run_id, metrics=ms)
-            for path in artifacts:
-                if Path(path).exists():
-                    self.client.log_artifact(self.parent_run_id, str(path))
-            self.client.set_terminated(self.parent_run_id, status)
-        except Exception as e:  # noqa: BLE001 - everything is in the shrink folder; the store is a view of it
-            logging.getLogger("autoprune").warning("MLflow: closing the shrink search run failed (%s)",
-                                                   str(e).splitlines()[0][:160])
+            close_run(self.client, self.parent_run_id, artifacts, status)
